@@ -1,0 +1,58 @@
+"""One backend fixture runs each test on every array library that is available here.
+
+numpy always; array-api-strict on its default device and on a second device (which catches arrays
+created on the wrong device); torch on the CPU when installed; CuPy when a GPU is usable. What is
+missing is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn.backend import Backend, BackendError
+
+BACKENDS = ["numpy", "strict", "strict-device1", "torch", "cupy"]
+
+
+def make_backend(name: str, dtype: str = "float32") -> Backend:
+    """The backend called ``name`` in BACKENDS, or skip the test saying why it is missing."""
+    if name == "numpy":
+        return xpnn.get_backend("cpu", dtype)
+    if name.startswith("strict"):
+        if importlib.util.find_spec("array_api_strict") is None:
+            pytest.skip("array-api-strict is not installed (pip install array-api-strict)")
+        import array_api_strict
+
+        device = array_api_strict.Device("device1") if name == "strict-device1" else None
+        return Backend.from_namespace(array_api_strict, device=device, dtype=dtype)
+    if name == "torch":
+        if importlib.util.find_spec("torch") is None:
+            pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
+        return xpnn.get_backend("torch", dtype)
+    if name == "cupy":
+        try:
+            return xpnn.get_backend("gpu", dtype)
+        except BackendError as error:
+            pytest.skip(str(error))
+    raise ValueError(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """float32 backend of each library."""
+    return make_backend(request.param)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend64(request: pytest.FixtureRequest) -> Backend:
+    """float64 backend of each library (gradient checks and exact references)."""
+    return make_backend(request.param, "float64")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

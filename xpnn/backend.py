@@ -1,0 +1,302 @@
+"""Where arrays live: the one place in xpnn that knows which array library is in use.
+
+A :class:`Backend` is made once (from a device string such as ``"cpu"`` or ``"cuda:0"``, or from any
+array-API namespace) and handed to everything that creates arrays. Layers, losses, optimizers and the
+model only ever call ``backend.xp`` (an array-API namespace) and the few helpers below; they never
+import numpy or cupy and never ask which library they have.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = ["Backend", "BackendError", "get_backend"]
+
+Seed = int | Sequence[int]
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used here (a missing library or device)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """An array namespace, a device and a default float dtype, chosen once.
+
+    Parameters
+    ----------
+    xp : module
+        Array-API compatible namespace (as returned by ``array_api_compat.array_namespace``).
+    device : object
+        Device on which every array is created.
+    dtype : str
+        Default floating dtype name, ``"float32"`` or ``"float64"``.
+    name : str
+        Short human-readable name, e.g. ``"numpy"``, ``"cupy:0"``.
+
+    Use :func:`get_backend` rather than calling the constructor.
+    """
+
+    xp: Any
+    device: Any
+    dtype_name: str = "float32"
+    name: str = "numpy"
+    _library: str = field(default="numpy", repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_namespace(cls, namespace: Any, device: Any = None, dtype: str = "float32") -> Backend:
+        """Wrap any array-API library (array-api-strict, torch, numpy, cupy, ...).
+
+        Parameters
+        ----------
+        namespace : module
+            The library or its array-API namespace, e.g. ``array_api_strict`` or ``torch``.
+        device : object, optional
+            A device of that library; defaults to the library's default device.
+        dtype : {"float32", "float64"}
+            Default floating dtype.
+        """
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        probe = _probe_array(namespace)
+        xp = array_api_compat.array_namespace(probe)
+        library = _library_name(probe)
+        if device is None:
+            device = array_api_compat.device(probe)
+        if library == "torch" and isinstance(device, str):
+            device = namespace.device(device)
+        name = library if str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
+        return cls(xp=xp, device=device, dtype_name=dtype, name=name, _library=library)
+
+    # ------------------------------------------------------------------ dtypes
+    @property
+    def dtype(self) -> Any:
+        """The default floating dtype object of this namespace."""
+        return getattr(self.xp, self.dtype_name)
+
+    # ------------------------------------------------------------------ array creation
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Copy ``a`` (NumPy array, list, scalar or array of any library) onto this backend.
+
+        Floating inputs take the backend's default dtype unless ``dtype`` is given; integer and
+        boolean inputs keep their kind.
+        """
+        if not isinstance(a, np.ndarray) and not np.isscalar(a) and not isinstance(a, list | tuple):
+            a = to_numpy(a)
+        a = np.asarray(a)
+        if dtype is None:
+            if a.dtype.kind == "f":
+                dtype = self.dtype
+            elif a.dtype.kind in "iu":
+                dtype = self.xp.int64
+            elif a.dtype.kind == "b":
+                dtype = self.xp.bool
+        if self._library == "cupy":
+            with self.device:
+                return self.xp.asarray(a, dtype=dtype)
+        return self.xp.asarray(a, dtype=dtype, device=self.device)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        """Zeros of ``shape`` on this backend (default float dtype)."""
+        return self.xp.zeros(shape, dtype=self.dtype if dtype is None else dtype, device=self.device)
+
+    def ones(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        """Ones of ``shape`` on this backend (default float dtype)."""
+        return self.xp.ones(shape, dtype=self.dtype if dtype is None else dtype, device=self.device)
+
+    def arange(self, n: int) -> Any:
+        """``0, 1, ..., n-1`` as int64 on this backend."""
+        return self.xp.arange(n, dtype=self.xp.int64, device=self.device)
+
+    # ------------------------------------------------------------------ host side
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Copy an array of this backend back to a NumPy array on the host."""
+        return to_numpy(a)
+
+    def item(self, a: Any) -> float:
+        """A 0-d array as a Python float (waits for the device)."""
+        return float(to_numpy(a))
+
+    def sync(self) -> None:
+        """Wait until all queued work on the device has finished (no-op on the CPU)."""
+        if self._library == "cupy":
+            import cupy
+
+            cupy.cuda.Device(self.device.id).synchronize()
+        elif self._library == "torch" and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ randomness
+    def random(self, seed: Seed) -> DeviceRandom:
+        """A random stream on the device, seeded from ``seed`` (an int or a sequence of ints)."""
+        return DeviceRandom(self, seed)
+
+    # ------------------------------------------------------------------ checks
+    def check_array(self, a: Any, what: str) -> None:
+        """Raise ``TypeError`` if ``a`` is not an array of this backend on its device."""
+        if _library_name(a) != self._library or not hasattr(a, "shape"):
+            raise TypeError(
+                f"{what}: expected an array of the {self.name} backend, got {type(a).__module__}."
+                f"{type(a).__name__}; convert it with backend.asarray(...)"
+            )
+        if array_api_compat.device(a) != self.device:
+            raise TypeError(
+                f"{what}: array is on device {array_api_compat.device(a)}, the model is on "
+                f"{self.device}; move it with backend.asarray(...)"
+            )
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name}, dtype={self.dtype_name})"
+
+
+class DeviceRandom:
+    """Uniform random numbers drawn on the backend's device from a fixed seed.
+
+    NumPy-compatible libraries without a generator of their own (array-api-strict) draw on the host
+    and copy; CuPy and torch draw on the device so that nothing crosses the bus.
+    """
+
+    def __init__(self, backend: Backend, seed: Seed):
+        self.backend = backend
+        entropy = np.random.SeedSequence(seed).generate_state(2, np.uint64)
+        lib = backend._library
+        if lib == "cupy":
+            import cupy
+
+            with backend.device:
+                self._gen = cupy.random.default_rng(int(entropy[0]))
+        elif lib == "torch":
+            import torch
+
+            self._gen = torch.Generator(device=backend.device)
+            self._gen.manual_seed(int(entropy[0] >> np.uint64(1)))
+        else:
+            self._gen = np.random.default_rng(entropy)
+
+    def uniform(self, shape: tuple[int, ...]) -> Any:
+        """Samples from U[0, 1) of the given shape, default float dtype, on the device."""
+        be = self.backend
+        if be._library == "cupy":
+            with be.device:
+                return self._gen.random(shape, dtype=be.dtype_name)
+        if be._library == "torch":
+            import torch
+
+            return torch.rand(shape, generator=self._gen, device=be.device, dtype=be.dtype)
+        return be.asarray(self._gen.random(shape, dtype=np.dtype(be.dtype_name)))
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Copy an array of any supported library to a NumPy array on the host."""
+    if isinstance(a, np.ndarray | np.generic):
+        return np.asarray(a)
+    lib = _library_name(a)
+    if lib == "cupy":
+        return a.get()
+    if lib == "torch":
+        return a.detach().cpu().numpy()
+    return np.from_dlpack(a)
+
+
+def _library_name(a: Any) -> str:
+    module = type(a).__module__.split(".")[0]
+    return {"array_api_strict": "array_api_strict"}.get(module, module)
+
+
+def _probe_array(namespace: Any) -> Any:
+    creator = getattr(namespace, "asarray", None) or getattr(namespace, "tensor")
+    return creator([0.0])
+
+
+def _parse_cuda_index(spec: str) -> int:
+    _, _, index = spec.partition(":")
+    if not index:
+        return 0
+    if not index.isdigit():
+        raise ValueError(f"device {spec!r}: the GPU index must be a number, e.g. 'cuda:0'")
+    return int(index)
+
+
+def _cupy_backend(spec: str, dtype: str) -> Backend:
+    index = _parse_cuda_index(spec)
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError:
+        raise BackendError(
+            'device "gpu" needs CuPy, which is not installed; install it with pip install "xpnn[gpu]"'
+            " (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDA driver missing or broken
+        raise BackendError(
+            f"CuPy is installed but no usable CUDA device was found ({error.__class__.__name__}); "
+            "check the NVIDIA driver with nvidia-smi, or use --device cpu"
+        ) from None
+    if index >= count:
+        raise BackendError(
+            f"CuPy is installed but there is no CUDA device {index} ({count} found); "
+            "pick another index or use --device cpu"
+        )
+    with cupy.cuda.Device(index):
+        probe = cupy.zeros(1)
+    backend = Backend.from_namespace(cupy, device=probe.device, dtype=dtype)
+    return Backend(backend.xp, backend.device, dtype, f"cupy:{index}", "cupy")
+
+
+def get_backend(spec: Any = "cpu", dtype: str = "float32") -> Backend:
+    """Make the backend for a device string, a namespace, or pass a backend through.
+
+    Parameters
+    ----------
+    spec : str, module or Backend
+        ``"cpu"`` / ``"numpy"`` for NumPy; ``"gpu"``, ``"cuda"`` or ``"cuda:N"`` for CuPy on GPU N;
+        ``"torch"`` / ``"torch:cuda"`` for PyTorch tensors; ``"array_api_strict"`` for the strict
+        checker; any array-API namespace module; or an existing :class:`Backend` (returned as is).
+    dtype : {"float32", "float64"}
+        Default floating dtype.
+
+    Returns
+    -------
+    Backend
+
+    Raises
+    ------
+    BackendError
+        When the library behind ``spec`` is not installed or has no usable device.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if not isinstance(spec, str):
+        return Backend.from_namespace(spec, dtype=dtype)
+    key = spec.strip().lower()
+    if key in ("cpu", "numpy"):
+        return Backend.from_namespace(np, dtype=dtype)
+    if key in ("gpu", "cuda", "cupy") or key.startswith(("cuda:", "gpu:", "cupy:")):
+        return _cupy_backend(key, dtype)
+    if key.startswith("torch"):
+        torch = _import_optional("torch", 'pip install "xpnn[torch]"')
+        _, _, device = key.partition(":")
+        return Backend.from_namespace(torch, device=device or "cpu", dtype=dtype)
+    if key in ("array_api_strict", "array-api-strict", "strict"):
+        strict = _import_optional("array_api_strict", "pip install array-api-strict")
+        return Backend.from_namespace(strict, dtype=dtype)
+    raise ValueError(
+        f"unknown device {spec!r}; use 'cpu', 'gpu', 'cuda:N', 'torch', 'torch:cuda' or 'array_api_strict'"
+    )
+
+
+def _import_optional(module: str, hint: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BackendError(f"backend {module!r} is not installed; install it with {hint}") from None

@@ -1,0 +1,99 @@
+"""Element-wise activations. Each keeps its output ``y`` and differentiates from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Layer
+
+__all__ = ["ELU", "LeakyReLU", "ReLU", "Sigmoid", "Tanh", "sigmoid"]
+
+
+def sigmoid(xp: Any, x: Any) -> Any:
+    """Logistic function written as 0.5·(tanh(x/2) + 1): equal to 1/(1+e⁻ˣ) but never overflows."""
+    return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+
+
+class _Elementwise(Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.y: Any = None
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        self._require_built()
+        if not self.xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"{self!r}: expected a floating-point input, got {x.dtype}")
+        self.y = self._forward(x)
+        return self.y
+
+
+class ReLU(_Elementwise):
+    """max(x, 0). Shapes: any -> same."""
+
+    def _forward(self, x: Any) -> Any:
+        return self.xp.maximum(x, 0.0)
+
+    def backward(self, dy: Any) -> Any:
+        return self.xp.where(self.y > 0, dy, 0.0)
+
+
+class LeakyReLU(_Elementwise):
+    """x for x > 0, ``slope``·x otherwise (slope >= 0). Shapes: any -> same."""
+
+    def __init__(self, slope: float = 0.01):
+        super().__init__()
+        if not slope >= 0:
+            raise ValueError(f"LeakyReLU: slope must be >= 0, got {slope}")
+        self.slope = slope
+
+    def _forward(self, x: Any) -> Any:
+        return self.xp.where(x > 0, x, self.slope * x)
+
+    def backward(self, dy: Any) -> Any:
+        # y > 0 exactly where x > 0, because slope >= 0.
+        return self.xp.where(self.y > 0, dy, self.slope * dy)
+
+    def config(self) -> dict[str, Any]:
+        return {"slope": self.slope}
+
+
+class Sigmoid(_Elementwise):
+    """1 / (1 + e⁻ˣ); backward from the output: dy·y·(1 - y). Shapes: any -> same."""
+
+    def _forward(self, x: Any) -> Any:
+        return sigmoid(self.xp, x)
+
+    def backward(self, dy: Any) -> Any:
+        return dy * self.y * (1.0 - self.y)
+
+
+class Tanh(_Elementwise):
+    """tanh(x); backward dy·(1 - y²). Shapes: any -> same."""
+
+    def _forward(self, x: Any) -> Any:
+        return self.xp.tanh(x)
+
+    def backward(self, dy: Any) -> Any:
+        return dy * (1.0 - self.y * self.y)
+
+
+class ELU(_Elementwise):
+    """x for x > 0, alpha·(eˣ - 1) otherwise (alpha > 0). Shapes: any -> same."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"ELU: alpha must be > 0, got {alpha}")
+        self.alpha = alpha
+
+    def _forward(self, x: Any) -> Any:
+        xp = self.xp
+        # expm1 only sees x <= 0, so large positive inputs cannot overflow.
+        return xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0.0)))
+
+    def backward(self, dy: Any) -> Any:
+        # For x <= 0, d/dx alpha·(eˣ - 1) = alpha·eˣ = y + alpha.
+        return self.xp.where(self.y > 0, dy, dy * (self.y + self.alpha))
+
+    def config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}

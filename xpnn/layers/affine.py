@@ -1,0 +1,80 @@
+"""The fully connected layer ``y = x·W + b``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..initializers import get_initializer
+from .base import Layer
+
+__all__ = ["Affine", "Linear"]
+
+
+class Affine(Layer):
+    """Fully connected layer ``y = x·W + b``.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output features; ``W`` has shape (n_in, n_out), ``b`` shape (n_out,).
+    init : str
+        Weight initializer name (see :mod:`xpnn.initializers`): ``"he"``, ``"xavier"``, ``"normal"``,
+        ``"uniform"``.
+    std : float, optional
+        Standard deviation for ``init="normal"`` (the seeds use 0.01).
+    bias : bool
+        Whether to learn a bias.
+
+    Shapes: ``x`` (N, n_in) -> ``y`` (N, n_out).
+    """
+
+    def __init__(self, n_in: int, n_out: int, init: str = "he", std: float | None = None, bias: bool = True):
+        super().__init__()
+        for name, value in (("n_in", n_in), ("n_out", n_out)):
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"Affine: {name} must be a positive integer, got {value!r}")
+        self.n_in, self.n_out, self.init, self.std, self.bias = int(n_in), int(n_out), init, std, bias
+        self._initializer = get_initializer(init, **({} if std is None else {"std": std}))
+        self.x: Any = None
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        be = self.backend
+        self.params["W"] = be.asarray(self._initializer(rng, (self.n_in, self.n_out)))
+        if self.bias:
+            self.params["b"] = be.zeros((self.n_out,))
+        self.grads = {key: be.zeros(value.shape) for key, value in self.params.items()}
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        W = self.params["W"]
+        if getattr(x, "ndim", None) != 2 or x.shape[1] != self.n_in:
+            shape = tuple(getattr(x, "shape", ()))
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.n_in}), got {shape}")
+        if x.dtype != W.dtype:
+            raise TypeError(
+                f"{self!r}: expected {W.dtype} input, got {x.dtype}; convert it with backend.asarray(x)"
+            )
+        self.x = x
+        y = x @ W
+        return y + self.params["b"] if self.bias else y
+
+    def backward(self, dy: Any) -> Any:
+        self.backward_params(dy)
+        return dy @ self.xp.matrix_transpose(self.params["W"])
+
+    def backward_params(self, dy: Any) -> None:
+        self.grads["W"] = self.xp.matrix_transpose(self.x) @ dy
+        if self.bias:
+            self.grads["b"] = self.xp.sum(dy, axis=0)
+
+    def config(self) -> dict[str, Any]:
+        config = {"n_in": self.n_in, "n_out": self.n_out, "init": self.init}
+        if self.std is not None:
+            config["std"] = self.std
+        if not self.bias:
+            config["bias"] = False
+        return config
+
+
+Linear = Affine

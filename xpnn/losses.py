@@ -1,0 +1,161 @@
+"""Losses: each turns predictions and targets into a 0-d array and differentiates it.
+
+A loss returns a 0-d array of the backend rather than a Python float, so nothing waits for the device
+until someone asks for the number (``float(loss)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from array_api_compat import array_namespace
+
+from .layers.activations import sigmoid
+
+__all__ = ["BCEWithLogits", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy"]
+
+
+class Loss:
+    """``forward(y, t) -> 0-d loss`` and ``backward(dloss=1.0) -> dy``, the gradient for the predictions."""
+
+    registry: ClassVar[dict[str, type[Loss]]] = {}
+    #: Check target values (e.g. label range); reads a number back from the device when true.
+    check_values: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Loss.registry[cls.__name__] = cls
+
+    def __call__(self, y: Any, t: Any) -> Any:
+        return self.forward(y, t)
+
+    def forward(self, y: Any, t: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dloss: Any = 1.0) -> Any:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_same_shape(self, y: Any, t: Any) -> None:
+        if tuple(y.shape) != tuple(t.shape):
+            raise ValueError(f"{self!r}: predictions have shape {tuple(y.shape)}, targets {tuple(t.shape)}")
+
+    def _check_float(self, xp: Any, a: Any, what: str) -> None:
+        if not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(f"{self!r}: {what} must be floating point, got {a.dtype}")
+
+
+def one_hot(xp: Any, labels: Any, n_classes: int, dtype: Any) -> Any:
+    """Integer labels (N,) -> one-hot rows (N, n_classes) of ``dtype``, on the labels' device."""
+    classes = xp.arange(n_classes, dtype=labels.dtype, device=labels.device)
+    return xp.astype(labels[:, None] == classes, dtype)
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax over classes followed by the mean cross-entropy.
+
+    ``forward(logits, t)``: logits (N, C); ``t`` integer labels (N,) in [0, C) or one-hot / soft
+    targets (N, C). Backward gives ``(softmax(logits) - t) / N``.
+    Integer labels are checked to lie in [0, C) while ``check_values`` is true.
+    """
+
+    def __init__(self) -> None:
+        self.probabilities: Any = None
+        self.targets: Any = None
+
+    def forward(self, y: Any, t: Any) -> Any:
+        xp = array_namespace(y)
+        self._check_float(xp, y, "logits")
+        if y.ndim != 2:
+            raise ValueError(f"{self!r}: expected logits of shape (N, C), got {tuple(y.shape)}")
+        n, n_classes = y.shape
+        if t.ndim == 1:
+            if t.shape[0] != n:
+                raise ValueError(f"{self!r}: {n} logits rows but {t.shape[0]} labels")
+            if not xp.isdtype(t.dtype, "integral"):
+                raise TypeError(f"{self!r}: 1-d labels must be integers, got {t.dtype}")
+            if self.check_values and n and bool(xp.any((t < 0) | (t >= n_classes))):
+                raise ValueError(
+                    f"{self!r}: labels must lie in [0, {n_classes}), got values from "
+                    f"{int(xp.min(t))} to {int(xp.max(t))}"
+                )
+            t = one_hot(xp, t, n_classes, y.dtype)
+        else:
+            self._check_same_shape(y, t)
+            self._check_float(xp, t, "one-hot targets")
+        # Shift by the row maximum so that exp never overflows; log-sum-exp is unchanged by the shift.
+        z = y - xp.max(y, axis=1, keepdims=True)
+        e = xp.exp(z)
+        total = xp.sum(e, axis=1, keepdims=True)
+        self.probabilities = e / total
+        self.targets = t
+        return xp.sum(xp.log(total)) / n - xp.sum(t * z) / n
+
+    def backward(self, dloss: Any = 1.0) -> Any:
+        n = self.probabilities.shape[0]
+        return (self.probabilities - self.targets) * (dloss / n)
+
+
+class MeanSquaredError(Loss):
+    """Mean of (y - t)² over all elements (as ``torch.nn.MSELoss``), or half of it with ``half=True``.
+
+    Shapes: ``y`` and ``t`` the same, e.g. (N, D).
+    """
+
+    def __init__(self, half: bool = False):
+        self.half = half
+        self.diff: Any = None
+
+    def forward(self, y: Any, t: Any) -> Any:
+        xp = array_namespace(y)
+        self._check_float(xp, y, "predictions")
+        self._check_same_shape(y, t)
+        self.diff = y - t
+        scale = (0.5 if self.half else 1.0) / _size(y)
+        return xp.sum(self.diff * self.diff) * scale
+
+    def backward(self, dloss: Any = 1.0) -> Any:
+        scale = (1.0 if self.half else 2.0) / _size(self.diff)
+        return self.diff * (dloss * scale)
+
+    def config(self) -> dict[str, Any]:
+        return {"half": self.half} if self.half else {}
+
+
+class BCEWithLogits(Loss):
+    """Binary cross-entropy on logits: mean of -[t·log σ(y) + (1-t)·log(1-σ(y))].
+
+    Written as max(y, 0) - y·t + log(1 + e^-|y|), which is finite for any logit.
+    Shapes: ``y`` and ``t`` the same, e.g. (N, 1); targets in [0, 1].
+    """
+
+    def __init__(self) -> None:
+        self.y: Any = None
+        self.t: Any = None
+
+    def forward(self, y: Any, t: Any) -> Any:
+        xp = array_namespace(y)
+        self._check_float(xp, y, "logits")
+        self._check_same_shape(y, t)
+        if not xp.isdtype(t.dtype, "real floating"):
+            t = xp.astype(t, y.dtype)
+        self.y, self.t = y, t
+        losses = xp.maximum(y, 0.0) - y * t + xp.log1p(xp.exp(-xp.abs(y)))
+        return xp.sum(losses) / _size(y)
+
+    def backward(self, dloss: Any = 1.0) -> Any:
+        xp = array_namespace(self.y)
+        return (sigmoid(xp, self.y) - self.t) * (dloss / _size(self.y))
+
+
+def _size(a: Any) -> int:
+    size = 1
+    for dim in a.shape:
+        size *= dim
+    return size
