@@ -102,7 +102,8 @@ def test_dropout_mask_repeats_after_reseed(backend):
 
 
 ALL_LAYERS = [
-    lambda: Affine(4, 4), ReLU, lambda: LeakyReLU(0.2), Sigmoid, Tanh, ELU, lambda: Dropout(0.3), lambda: BatchNorm1d(4),
+    lambda: Affine(4, 4), ReLU, lambda: LeakyReLU(0.2), Sigmoid, Tanh, ELU,
+    lambda: Dropout(0.3), lambda: BatchNorm1d(4),
 ]
 
 

@@ -213,7 +213,7 @@ def _library_name(a: Any) -> str:
 
 
 def _probe_array(namespace: Any) -> Any:
-    creator = getattr(namespace, "asarray", None) or getattr(namespace, "tensor")
+    creator = getattr(namespace, "asarray", None) or namespace.tensor
     return creator([0.0])
 
 

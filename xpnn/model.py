@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -122,7 +123,8 @@ class Sequential:
         total_loss = self.backend.zeros(())
         correct = self.backend.zeros((), dtype=xp.int64)
         for start in range(0, n, batch_size):
-            xb, tb = x[start : start + batch_size, ...], t[start : start + batch_size, ...]
+            stop = min(start + batch_size, n)  # the array API leaves out-of-range slices unspecified
+            xb, tb = x[start:stop, ...], t[start:stop, ...]
             logits = self.predict(xb)
             total_loss = total_loss + self.loss_fn(logits, tb) * xb.shape[0]
             labels = tb if tb.ndim == 1 else xp.argmax(tb, axis=1)
@@ -284,7 +286,7 @@ def mlp(
     if init is None:
         init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
     layers: list[Layer] = []
-    for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(Affine(n_in, n_out, init=init, std=std))
         if index < len(sizes) - 2:
             if batchnorm:

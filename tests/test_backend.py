@@ -1,0 +1,87 @@
+"""The backend: chosen once from a string or a namespace, with clear errors when it cannot be had."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn.backend import BackendError, get_backend
+
+
+def test_import_pulls_in_neither_cupy_nor_torch():
+    code = "import sys, xpnn; print(sorted(m for m in ('cupy', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_gpu_without_cupy_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
+    with pytest.raises(BackendError, match=r'needs CuPy, which is not installed.*pip install "xpnn\[gpu\]"'):
+        get_backend("gpu")
+
+
+def test_gpu_with_cupy_but_no_device_says_so(monkeypatch):
+    def no_driver():
+        raise RuntimeError("cudaErrorNoDevice")
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_driver)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(BackendError, match="CuPy is installed but no usable CUDA device was found"):
+        get_backend("cuda:0")
+
+
+def test_gpu_index_beyond_the_devices_present(monkeypatch):
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(BackendError, match=r"no CUDA device 3 \(1 found\)"):
+        get_backend("cuda:3")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"), [("tpu", "unknown device 'tpu'"), ("cuda:x", "GPU index must be a number")]
+)
+def test_bad_device_strings(spec, message):
+    with pytest.raises(ValueError, match=message):
+        get_backend(spec)
+
+
+def test_backend_made_from_a_namespace_module(backend):
+    again = get_backend(backend)
+    assert again is backend
+    assert backend.dtype == backend.xp.float32
+    x = backend.asarray(np.arange(3.0))
+    assert x.dtype == backend.dtype
+    assert backend.asarray(np.arange(3)).dtype == backend.xp.int64
+    assert backend.asarray(np.array([True])).dtype == backend.xp.bool
+    np.testing.assert_array_equal(backend.to_numpy(x), [0, 1, 2])
+
+
+def test_float64_backend(backend64):
+    assert backend64.asarray(np.ones(2, np.float32)).dtype == backend64.xp.float64
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        get_backend("cpu", "float16")
+
+
+def test_random_streams_repeat_from_a_seed_and_differ_between_seeds(backend):
+    a = backend.to_numpy(backend.random(1).uniform((1000,)))
+    b = backend.to_numpy(backend.random(1).uniform((1000,)))
+    c = backend.to_numpy(backend.random(2).uniform((1000,)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() < 1 and abs(a.mean() - 0.5) < 0.05
+
+
+def test_sync_and_item(backend):
+    backend.sync()
+    assert backend.item(backend.xp.sum(backend.ones((4,)))) == 4.0
+
+
+def test_public_api_names():
+    for name in ("Affine", "Linear", "ReLU", "Sequential", "mlp", "load", "gradcheck", "get_backend"):
+        assert hasattr(xpnn, name)
+    assert xpnn.Linear is xpnn.Affine

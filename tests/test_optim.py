@@ -1,0 +1,99 @@
+"""Optimizer updates against the textbook formulas, written out in NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn.optim import SGD, Adam, Momentum, get_optimizer, get_schedule
+
+
+def model_with_grads(backend, rng):
+    model = xpnn.mlp([3, 4, 2], backend=backend, seed=0)
+    x = backend.asarray(rng.standard_normal((5, 3)))
+    model.loss(x, backend.asarray(rng.integers(0, 2, 5)))
+    model.backward()
+    return model
+
+
+def host(backend, named):
+    return {k: backend.to_numpy(v).astype(np.float64) for k, v in named.items()}
+
+
+def run_steps(backend, rng, optimizer_factory, steps=3):
+    model = model_with_grads(backend, rng)
+    opt = optimizer_factory(model)
+    history = []
+    for _ in range(steps):
+        before = host(backend, model.named_parameters())
+        grads = host(backend, model.named_gradients())
+        opt.step()
+        history.append((before, grads, host(backend, model.named_parameters())))
+    return history
+
+
+def test_sgd_with_l2_weight_decay(backend64, rng):
+    for before, grads, after in run_steps(backend64, rng, lambda m: SGD(m, lr=0.1, weight_decay=0.01)):
+        for name in before:
+            expected = before[name] - 0.1 * (grads[name] + 0.01 * before[name])
+            np.testing.assert_allclose(after[name], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_matches_pytorch_formula(backend64, rng, nesterov):
+    velocity = {}
+    def make(model):
+        return Momentum(model, lr=0.1, momentum=0.9, nesterov=nesterov)
+
+    for before, grads, after in run_steps(backend64, rng, make):
+        for name in before:
+            velocity[name] = 0.9 * velocity.get(name, 0.0) + grads[name]
+            step = grads[name] + 0.9 * velocity[name] if nesterov else velocity[name]
+            np.testing.assert_allclose(after[name], before[name] - 0.1 * step, rtol=1e-12)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_matches_reference(backend64, rng, decoupled):
+    m, v = {}, {}
+    histories = run_steps(backend64, rng, lambda mod: Adam(mod, lr=0.01, weight_decay=0.1, decoupled=decoupled))
+    for t, (before, grads, after) in enumerate(histories, start=1):
+        for name in before:
+            g = grads[name] if decoupled else grads[name] + 0.1 * before[name]
+            m[name] = 0.9 * m.get(name, 0.0) + 0.1 * g
+            v[name] = 0.999 * v.get(name, 0.0) + 0.001 * g * g
+            update = 0.01 * (m[name] / (1 - 0.9**t)) / (np.sqrt(v[name] / (1 - 0.999**t)) + 1e-8)
+            expected = before[name] - update - (0.01 * 0.1 * before[name] if decoupled else 0)
+            np.testing.assert_allclose(after[name], expected, rtol=1e-10)
+
+
+def test_optimizer_state_round_trip(backend, rng):
+    model = model_with_grads(backend, rng)
+    opt = Adam(model, lr=0.01)
+    opt.step()
+    state = {k: (backend.to_numpy(v) if hasattr(v, "shape") else v) for k, v in opt.state_dict().items()}
+    again = Adam(model, lr=0.5)
+    again.load_state_dict(state)
+    assert again.steps == 1 and again.lr == 0.01
+    assert set(again.state) == {f"{kind}.{name}" for kind in "mv" for name in model.named_parameters()}
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_learning_rate_is_rejected(bad):
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        SGD(xpnn.mlp([2, 2]), lr=bad)
+
+
+def test_get_optimizer_names():
+    model = xpnn.mlp([2, 2])
+    assert isinstance(get_optimizer("momentum", model, 0.1), Momentum)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        get_optimizer("rmsprop", model, 0.1)
+
+
+def test_schedules():
+    step = get_schedule("step", epochs=30, step_size=10, gamma=0.5)
+    assert [step(e) for e in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    cosine = get_schedule("cosine", epochs=10)
+    assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
+    assert get_schedule("constant", 3)(2) == 1.0
