@@ -1,0 +1,185 @@
+"""Minibatch training loops that never wait for the device inside an epoch, and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .losses import one_hot
+from .model import SHUFFLE_STREAM, Sequential
+from .optim import Optimizer
+from .progress import ProgressBar
+from .serialization import FormatError, read_npz, write_npz
+
+__all__ = ["DivergenceError", "EpochResult", "Trainer", "load_checkpoint", "save_checkpoint"]
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochResult:
+    """What one epoch measured (losses are means over samples, accuracies fractions)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    seconds: float
+    samples_per_second: float
+    lr: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Trainer:
+    """Trains a classifier with minibatches cut on the device.
+
+    Each epoch draws one permutation on the host (from the seed and the epoch number, so a resumed
+    run shuffles exactly as an uninterrupted one), gathers the data once in that order on the device,
+    then slices contiguous batches. Losses and correct counts accumulate as device arrays and are
+    read once at the end of the epoch.
+
+    Parameters
+    ----------
+    model : Sequential
+        A classifier with a softmax cross-entropy loss.
+    optimizer : Optimizer
+    batch_size : int or None
+        Samples per step; None trains full batch (one step per epoch).
+    schedule : callable, optional
+        Learning-rate factor per 0-based epoch (see :func:`xpnn.optim.get_schedule`).
+    seed : int
+        Seeds the shuffles.
+    """
+
+    def __init__(self, model: Sequential, optimizer: Optimizer, *, batch_size: int | None = 128,
+                 schedule: Callable[[int], float] | None = None, seed: int = 0):
+        self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
+        self.schedule, self.seed = schedule, seed
+        self.base_lr = optimizer.lr
+
+    def device_data(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[Any, Any, Any]:
+        """Copy a host dataset to the device once: images, integer labels and one-hot labels."""
+        be = self.model.backend
+        if not np.all(np.isfinite(x)):
+            raise ValueError("the training data contains NaN or infinite values")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"labels must lie in [0, {n_classes}), got values from {y.min()} to {y.max()}")
+        labels = be.asarray(y)
+        return be.asarray(x), labels, one_hot(be.xp, labels, n_classes, be.dtype)
+
+    def train_epoch(self, data: tuple[Any, Any, Any], epoch: int, progress: bool = False) -> tuple[Any, Any]:
+        """One pass over ``data`` (from :meth:`device_data`); returns summed loss and correct count, on device."""
+        model, be = self.model, self.model.backend
+        xp = be.xp
+        x, labels, targets = data
+        n = x.shape[0]
+        batch = n if self.batch_size is None else min(self.batch_size, n)
+        if self.schedule is not None:
+            self.optimizer.lr = self.base_lr * self.schedule(epoch)
+        model.reseed(epoch)
+        order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch]).permutation(n))
+        x, labels, targets = (xp.take(a, order, axis=0) for a in (x, labels, targets))
+        loss_sum = be.zeros(())
+        correct = be.zeros((), dtype=xp.int64)
+        steps = math.ceil(n / batch)
+        with ProgressBar(steps, f"epoch {epoch + 1}", unit="batches", enabled=progress) as bar:
+            for start in range(0, n, batch):
+                stop = min(start + batch, n)
+                logits = model.predict(x[start:stop, ...], train=True)
+                loss = model.loss_fn(logits, targets[start:stop, ...])
+                model.backward()
+                self.optimizer.step()
+                loss_sum = loss_sum + loss * (stop - start)
+                hits = xp.argmax(logits, axis=1) == labels[start:stop]
+                correct = correct + xp.sum(xp.astype(hits, xp.int64))
+                bar.update()
+        return loss_sum, correct
+
+    def run_epoch(self, data: tuple[Any, Any, Any], epoch: int, evaluations: dict[str, tuple[Any, Any]],
+                  progress: bool = False) -> EpochResult:
+        """Train one epoch, evaluate on each named set, and read every number back once."""
+        be = self.model.backend
+        n = data[0].shape[0]
+        start = time.perf_counter()
+        loss_sum, correct = self.train_epoch(data, epoch, progress)
+        scores = {name: self.model.evaluate(x, t) for name, (x, t) in evaluations.items()}
+        train_loss = be.item(loss_sum) / n  # the first read: waits for the device
+        seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise DivergenceError(f"training diverged in epoch {epoch + 1} (loss {train_loss})")
+        read = {name: (be.item(loss), int(be.item(hits)) / x.shape[0])
+                for (name, (loss, hits)), (x, _) in zip(scores.items(), evaluations.values(), strict=True)}
+        test = read.get("test", (None, None))
+        val = read.get("val", (None, None))
+        return EpochResult(
+            epoch=epoch + 1, train_loss=train_loss, train_accuracy=int(be.item(correct)) / n,
+            test_loss=test[0], test_accuracy=test[1], val_loss=val[0], val_accuracy=val[1],
+            seconds=seconds, samples_per_second=n / seconds, lr=self.optimizer.lr,
+        )
+
+
+def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer, epoch: int,
+                    history: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
+    """Write model, optimizer state, completed epoch count and history to one ``.npz``, atomically.
+
+    The random state needs no arrays: shuffles and dropout masks are derived from (seed, epoch).
+    """
+    be = model.backend
+    arrays = {f"model.{k}": be.to_numpy(v) for k, v in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    arrays.update({f"optim.{k}": be.to_numpy(v) for k, v in optimizer_state.items() if hasattr(v, "shape")})
+    scalars = {k: v for k, v in optimizer_state.items() if not hasattr(v, "shape")}
+    header = {
+        "kind": "checkpoint", "config": model.config(), "epoch": epoch, "seed": model.seed,
+        "optimizer": {"type": type(optimizer).__name__, **scalars}, "history": history, "settings": settings,
+    }
+    return write_npz(path, arrays, header)
+
+
+def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer) -> dict[str, Any]:
+    """Restore a checkpoint into ``model`` and ``optimizer``; returns its header (epoch, history, settings).
+
+    Raises
+    ------
+    FormatError
+        When the checkpoint was written for another architecture or optimizer.
+    """
+    arrays, header = read_npz(path, "checkpoint")
+    if header["config"] != model.config():
+        raise FormatError(
+            f"{path}: checkpoint of a different architecture ({_describe(header['config'])}), "
+            f"this run builds {_describe(model.config())}"
+        )
+    saved_optimizer = header["optimizer"]["type"]
+    if saved_optimizer != type(optimizer).__name__:
+        raise FormatError(f"{path}: checkpoint was trained with {saved_optimizer}, this run uses "
+                          f"{type(optimizer).__name__}; pass the same --optimizer")
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")}, source=str(path))
+    state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
+    state.update({k: v for k, v in header["optimizer"].items() if k != "type"})
+    optimizer.load_state_dict(state)
+    return header
+
+
+def _describe(config: dict[str, Any]) -> str:
+    parts = []
+    for layer in config["layers"]:
+        if layer["type"] == "Affine":
+            parts.append(f"{layer['n_in']}-{layer['n_out']}")
+        else:
+            parts.append(layer["type"])
+    return " ".join(parts)
