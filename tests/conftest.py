@@ -1,8 +1,8 @@
 """One backend fixture runs each test on every array library that is available here.
 
 numpy always; array-api-strict on its default device and on a second device (which catches arrays
-created on the wrong device); torch on the CPU when installed; CuPy when a GPU is usable. What is
-missing is skipped with the reason.
+created on the wrong device); torch on the CPU when installed; CuPy and torch on CUDA when a GPU is
+usable. What is missing is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import xpnn
 from xpnn.backend import Backend, BackendError
 
-BACKENDS = ["numpy", "strict", "strict-device1", "torch", "cupy"]
+BACKENDS = ["numpy", "strict", "strict-device1", "torch", "cupy", "torch-cuda"]
 
 
 def make_backend(name: str, dtype: str = "float32") -> Backend:
@@ -33,6 +33,14 @@ def make_backend(name: str, dtype: str = "float32") -> Backend:
         if importlib.util.find_spec("torch") is None:
             pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
         return xpnn.get_backend("torch", dtype)
+    if name == "torch-cuda":
+        if importlib.util.find_spec("torch") is None:
+            pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("torch has no CUDA device here")
+        return xpnn.get_backend("torch:cuda", dtype)
     if name == "cupy":
         try:
             return xpnn.get_backend("gpu", dtype)

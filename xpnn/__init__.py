@@ -12,19 +12,20 @@ backend is chosen once at run time::
     optimizer.step()
 """
 
-from . import initializers, layers, losses, optim
+from . import data, initializers, layers, losses, optim, trainer
 from .backend import Backend, BackendError, get_backend
 from .gradcheck import gradcheck
 from .layers import ELU, Add, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, Mul, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, load, mlp
 from .serialization import FormatError
+from .trainer import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError", "BatchNorm1d", "Dropout", "FormatError",
     "Layer", "LeakyReLU", "Linear", "MeanSquaredError", "Mul", "ReLU", "Sequential", "Sigmoid",
-    "SoftmaxCrossEntropy", "Tanh", "get_backend", "gradcheck", "initializers", "layers", "load", "losses", "mlp",
-    "optim",
+    "SoftmaxCrossEntropy", "Tanh", "Trainer", "data", "get_backend", "gradcheck", "initializers", "layers", "load",
+    "losses", "mlp", "optim", "trainer",
 ]

@@ -68,10 +68,10 @@ class Backend:
         probe = _probe_array(namespace)
         xp = array_api_compat.array_namespace(probe)
         library = _library_name(probe)
-        if device is None:
-            device = array_api_compat.device(probe)
         if library == "torch" and isinstance(device, str):
             device = namespace.device(device)
+        # Canonical form, as arrays report it (torch's "cuda" becomes "cuda:0"), so comparisons hold.
+        device = array_api_compat.device(probe if device is None else xp.zeros(1, device=device))
         name = library if str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
         return cls(xp=xp, device=device, dtype_name=dtype, name=name, _library=library)
 
@@ -193,6 +193,27 @@ class DeviceRandom:
 
             return torch.rand(shape, generator=self._gen, device=be.device, dtype=be.dtype)
         return be.asarray(self._gen.random(shape, dtype=np.dtype(be.dtype_name)))
+
+
+_NAMESPACES: dict[type, Any] = {}
+_FLOATING: dict[tuple[type, Any], bool] = {}
+
+
+def namespace_of(a: Any) -> Any:
+    """``array_api_compat.array_namespace(a)``, remembered per array type (it is on the hot path)."""
+    xp = _NAMESPACES.get(type(a))
+    if xp is None:
+        xp = _NAMESPACES[type(a)] = array_api_compat.array_namespace(a)
+    return xp
+
+
+def is_floating(a: Any) -> bool:
+    """Whether ``a`` has a real floating dtype, remembered per dtype."""
+    key = (type(a), a.dtype)  # the type first, so dtypes of different libraries are never compared
+    answer = _FLOATING.get(key)
+    if answer is None:
+        answer = _FLOATING[key] = namespace_of(a).isdtype(a.dtype, "real floating")
+    return answer
 
 
 def to_numpy(a: Any) -> np.ndarray:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from array_api_compat import array_namespace
-
+from .backend import is_floating, namespace_of
 from .layers.activations import sigmoid
 
 __all__ = ["BCEWithLogits", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy"]
@@ -47,7 +46,7 @@ class Loss:
             raise ValueError(f"{self!r}: predictions have shape {tuple(y.shape)}, targets {tuple(t.shape)}")
 
     def _check_float(self, xp: Any, a: Any, what: str) -> None:
-        if not xp.isdtype(a.dtype, "real floating"):
+        if not is_floating(a):
             raise TypeError(f"{self!r}: {what} must be floating point, got {a.dtype}")
 
 
@@ -70,7 +69,7 @@ class SoftmaxCrossEntropy(Loss):
         self.targets: Any = None
 
     def forward(self, y: Any, t: Any) -> Any:
-        xp = array_namespace(y)
+        xp = namespace_of(y)
         self._check_float(xp, y, "logits")
         if y.ndim != 2:
             raise ValueError(f"{self!r}: expected logits of shape (N, C), got {tuple(y.shape)}")
@@ -95,7 +94,7 @@ class SoftmaxCrossEntropy(Loss):
         total = xp.sum(e, axis=1, keepdims=True)
         self.probabilities = e / total
         self.targets = t
-        return xp.sum(xp.log(total)) / n - xp.sum(t * z) / n
+        return (xp.sum(xp.log(total)) - xp.sum(t * z)) / n
 
     def backward(self, dloss: Any = 1.0) -> Any:
         n = self.probabilities.shape[0]
@@ -113,7 +112,7 @@ class MeanSquaredError(Loss):
         self.diff: Any = None
 
     def forward(self, y: Any, t: Any) -> Any:
-        xp = array_namespace(y)
+        xp = namespace_of(y)
         self._check_float(xp, y, "predictions")
         self._check_same_shape(y, t)
         self.diff = y - t
@@ -140,17 +139,17 @@ class BCEWithLogits(Loss):
         self.t: Any = None
 
     def forward(self, y: Any, t: Any) -> Any:
-        xp = array_namespace(y)
+        xp = namespace_of(y)
         self._check_float(xp, y, "logits")
         self._check_same_shape(y, t)
-        if not xp.isdtype(t.dtype, "real floating"):
+        if not is_floating(t):
             t = xp.astype(t, y.dtype)
         self.y, self.t = y, t
         losses = xp.maximum(y, 0.0) - y * t + xp.log1p(xp.exp(-xp.abs(y)))
         return xp.sum(losses) / _size(y)
 
     def backward(self, dloss: Any = 1.0) -> Any:
-        xp = array_namespace(self.y)
+        xp = namespace_of(self.y)
         return (sigmoid(xp, self.y) - self.t) * (dloss / _size(self.y))
 
 

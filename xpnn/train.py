@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--epochs", type=_positive_int, default=20, help="number of epochs (default: 20)")
     add("--batch-size", type=_positive_int, default=128, metavar="N", help="samples per step (default: 128)")
     add("--full-batch", action="store_true", help="one step per epoch over the whole training set (default: off)")
-    add("--lr", type=_positive_float, default=0.05, help="learning rate (default: 0.05)")
-    add("--optimizer", default="momentum", choices=sorted(OPTIMIZERS), help="update rule (default: momentum)")
+    add("--lr", type=_positive_float, default=0.001, help="learning rate (default: 0.001)")
+    add("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule (default: adam)")
     add("--momentum", type=_probability, default=0.9, help="momentum for --optimizer momentum (default: 0.9)")
     add("--weight-decay", type=_non_negative_float, default=0.0, help="L2 penalty (default: 0)")
     add("--schedule", default="cosine", choices=["constant", "step", "cosine"],
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation (default: relu)")
     add("--init", default=None, choices=sorted(INITIALIZERS),
         help="weight initializer; normal uses std 0.01 (default: he for relu/elu, xavier otherwise)")
-    add("--dropout", type=_probability, default=0.2, help="dropout after each hidden layer (default: 0.2)")
+    add("--dropout", type=_probability, default=0.1, help="dropout after each hidden layer (default: 0.1)")
     add("--val", type=_non_negative_int, default=0, metavar="N",
         help="hold out N training samples for validation (default: 0)")
     add("--seed", type=int, default=1, help="random seed (default: 1)")

@@ -57,14 +57,17 @@ class Affine(Layer):
             )
         self.x = x
         y = x @ W
-        return y + self.params["b"] if self.bias else y
+        if self.bias:
+            y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
+        return y
 
     def backward(self, dy: Any) -> Any:
         self.backward_params(dy)
         return dy @ self.xp.matrix_transpose(self.params["W"])
 
     def backward_params(self, dy: Any) -> None:
-        self.grads["W"] = self.xp.matrix_transpose(self.x) @ dy
+        x, self.x = self.x, None  # release the input: backward runs once per forward
+        self.grads["W"] = self.xp.matrix_transpose(x) @ dy
         if self.bias:
             self.grads["b"] = self.xp.sum(dy, axis=0)
 

@@ -39,13 +39,14 @@ class Dropout(Layer):
         if not train or self.p == 0.0:
             self.keep = None
             return x
-        self.keep = self.random.uniform(tuple(x.shape)) >= self.p
-        return self.xp.where(self.keep, x * (1.0 / (1.0 - self.p)), 0.0)
+        # The mask holds 0 or 1/(1-p), so forward and backward are one multiply each.
+        keep = self.random.uniform(tuple(x.shape)) >= self.p
+        self.keep = self.xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))
+        return x * self.keep
 
     def backward(self, dy: Any) -> Any:
-        if self.keep is None:
-            return dy
-        return self.xp.where(self.keep, dy * (1.0 / (1.0 - self.p)), 0.0)
+        keep, self.keep = self.keep, None
+        return dy if keep is None else dy * keep
 
     def config(self) -> dict[str, Any]:
         return {"p": self.p}

@@ -1,0 +1,240 @@
+"""The implementations the benchmarks race: one training epoch of 784-256-128-10 (ReLU, softmax
+cross-entropy, SGD) each, plus the matrix products alone (the bound).
+
+Every ``epoch()`` ends with the device synchronized, so a timer around it measures finished work.
+Used by ``bench/test_epoch.py`` and, in a subprocess, by ``bench/memory.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import xpnn
+from xpnn.backend import BackendError
+
+SIZES = (784, 256, 128, 10)
+LR = 0.01
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_data(n: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """MNIST-shaped training data: real Fashion-MNIST when installed, else random of the same shape."""
+    if xpnn.data.find_files(FASHION) is not None:
+        ds = xpnn.data.load_dataset("fashion-mnist", FASHION)
+        x, y, source = ds.x_train, ds.y_train, "fashion-mnist"
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.random((60_000, 784), dtype=np.float32)
+        y = rng.integers(0, 10, 60_000)
+        source = "random"
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return x, y, source
+
+
+def epoch_flops(n: int, batch: int) -> int:
+    """Floating-point operations of one epoch's matrix products: forward and weight gradients for
+    every layer, input gradients for every layer but the first (2 flops per multiply-add)."""
+    macs_per_sample = 0
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
+        macs_per_sample += n_in * n_out * (2 if index == 0 else 3)
+    return 2 * macs_per_sample * n
+
+
+@dataclass
+class Epoch:
+    """One ready-to-run implementation: ``run()`` trains one epoch and synchronizes."""
+
+    implementation: str
+    backend: str
+    batch: int
+    samples: int
+    run: Callable[[], None]
+
+
+# ---------------------------------------------------------------------- xpnn
+def xpnn_backend(name: str) -> xpnn.Backend:
+    """A backend by benchmark name; raises LookupError (to be skipped) when it is missing."""
+    try:
+        if name == "numpy":
+            return xpnn.get_backend("cpu")
+        if name == "cupy":
+            return xpnn.get_backend("gpu")
+        if name == "torch-cpu":
+            return xpnn.get_backend("torch")
+        if name == "torch-cuda":
+            torch = _torch()
+            if not torch.cuda.is_available():
+                raise LookupError("torch has no CUDA device here")
+            return xpnn.get_backend("torch:cuda")
+        if name == "array-api-strict":
+            return xpnn.get_backend("array_api_strict")
+    except BackendError as error:
+        raise LookupError(str(error)) from None
+    raise ValueError(name)
+
+
+def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    backend = xpnn_backend(backend_name)
+    model = xpnn.mlp(list(SIZES), backend=backend, seed=0)
+    model.check_values = False
+    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=LR), batch_size=batch, seed=0)
+    data = trainer.device_data(x, y, 10)
+    counter = iter(range(10**9))
+
+    def run() -> None:
+        loss, _ = trainer.train_epoch(data, next(counter))
+        backend.sync()
+        del loss
+
+    return Epoch("xpnn", backend_name, batch, x.shape[0], run)
+
+
+# ---------------------------------------------------------------------- plain PyTorch
+def _torch():
+    if importlib.util.find_spec("torch") is None:
+        raise LookupError("torch is not installed")
+    import torch
+
+    return torch
+
+
+def torch_device(backend_name: str):
+    torch = _torch()
+    if backend_name == "torch-cuda" and not torch.cuda.is_available():
+        raise LookupError("torch has no CUDA device here")
+    return torch.device("cuda" if backend_name == "torch-cuda" else "cpu")
+
+
+def pytorch_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """The same network and step as PyTorch users write it: nn.Sequential, optim.SGD, tensors preloaded."""
+    torch = _torch()
+    device = torch_device(backend_name)
+    torch.manual_seed(0)
+    layers = []
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if index < len(SIZES) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    inputs = torch.from_numpy(x).to(device)
+    targets = torch.from_numpy(y).to(device)
+    n = inputs.shape[0]
+
+    def run() -> None:
+        order = torch.randperm(n, device=device)
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs[index]), targets[index])
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return Epoch("pytorch", backend_name, batch, n, run)
+
+
+# ---------------------------------------------------------------------- hand-written NumPy
+def numpy_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """What the seed tutorials write: float32 NumPy, no framework, shuffled minibatches."""
+    rng = np.random.default_rng(0)
+    weights = [(rng.standard_normal(shape) * np.sqrt(2 / shape[0])).astype(np.float32)
+               for shape in itertools.pairwise(SIZES)]
+    biases = [np.zeros(o, np.float32) for o in SIZES[1:]]
+    one_hot = np.eye(10, dtype=np.float32)[y]
+    n = x.shape[0]
+
+    def run() -> None:
+        order = rng.permutation(n)
+        xs, ts = x[order], one_hot[order]
+        for start in range(0, n, batch):
+            a0, t = xs[start : start + batch], ts[start : start + batch]
+            z1 = a0 @ weights[0] + biases[0]
+            a1 = np.maximum(z1, 0)
+            z2 = a1 @ weights[1] + biases[1]
+            a2 = np.maximum(z2, 0)
+            z3 = a2 @ weights[2] + biases[2]
+            e = np.exp(z3 - z3.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
+            d3 = (p - t) / a0.shape[0]
+            d2 = (d3 @ weights[2].T) * (z2 > 0)
+            d1 = (d2 @ weights[1].T) * (z1 > 0)
+            for W, b, a, d in zip(weights, biases, (a0, a1, a2), (d1, d2, d3), strict=False):
+                W -= LR * (a.T @ d)
+                b -= LR * d.sum(axis=0)
+
+    return Epoch("numpy-by-hand", "numpy", batch, n, run)
+
+
+# ---------------------------------------------------------------------- the bound
+def matmul_bound(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """Only the epoch's matrix products, at their real shapes, into preallocated outputs."""
+    n = x.shape[0]
+    batches = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    if backend_name == "numpy":
+        lib, put = np, np.asarray
+        sync = lambda: None  # noqa: E731
+    elif backend_name in ("cupy",):
+        try:
+            import cupy as lib
+        except ImportError:
+            raise LookupError("cupy is not installed") from None
+        put = lib.asarray
+        sync = lambda: lib.cuda.Device().synchronize()  # noqa: E731
+    else:
+        torch = _torch()
+        device = torch_device(backend_name)
+        lib = torch
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(0)
+    shapes = {}
+    for b in set(batches):
+        layers = []
+        for index, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
+            a = put(rng.random((b, n_in), dtype=np.float32))
+            W = put(rng.random((n_in, n_out), dtype=np.float32))
+            d = put(rng.random((b, n_out), dtype=np.float32))
+            out = [put(np.empty((b, n_out), np.float32)), put(np.empty((n_in, n_out), np.float32)),
+                   put(np.empty((b, n_in), np.float32))]
+            layers.append((index, a, W, d, out))
+        shapes[b] = layers
+
+    def run() -> None:
+        for b in batches:
+            for index, a, W, d, (y_out, dW, dx) in shapes[b]:
+                lib.matmul(a, W, out=y_out)
+                lib.matmul(a.T, d, out=dW)
+                if index:
+                    lib.matmul(d, W.T, out=dx)
+        sync()
+
+    return Epoch("matmul-bound", backend_name, batch, n, run)
+
+
+IMPLEMENTATIONS = {"xpnn": xpnn_epoch, "pytorch": pytorch_epoch, "numpy-by-hand": numpy_epoch,
+                   "matmul-bound": matmul_bound}
+
+
+def make_epoch(implementation: str, backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    return IMPLEMENTATIONS[implementation](backend_name, x, y, batch)
+
+
+def rounds(default: int) -> int:
+    """Timed rounds, reduced in CI through $XPNN_BENCH_ROUNDS."""
+    return int(os.environ.get("XPNN_BENCH_ROUNDS", default))
+
+
+def gflops(n: int, batch: int, seconds: float) -> float:
+    return epoch_flops(n, batch) / seconds / 1e9 if seconds > 0 and math.isfinite(seconds) else float("nan")

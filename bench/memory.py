@@ -1,0 +1,60 @@
+"""Peak memory of one training epoch, measured in a fresh process.
+
+    python bench/memory.py IMPLEMENTATION BACKEND BATCH     (BATCH 0 = full batch)
+
+Prints one JSON object: the memory an epoch needs beyond what was resident before it (the data and
+the model), in MB. On the CPU that is the rise of the peak resident set size (VmHWM, reset just before
+the epoch through /proc/self/clear_refs); on a GPU, the peak of the library's device allocator.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from implementations import load_data, make_epoch
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def measure(implementation: str, backend: str, batch: int) -> dict:
+    x, y, source = load_data()
+    epoch = make_epoch(implementation, backend, x, y, batch or x.shape[0])
+    epoch.run()  # warm-up: caches, allocator pools, lazy initialization
+    gpu = backend in ("cupy", "torch-cuda")
+    if gpu and backend == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        before = pool.used_bytes()
+        # CuPy keeps no peak counter: sample the pool's total, which only grows without free_all_blocks.
+        epoch.run()
+        peak = pool.total_bytes() - before
+    elif gpu:
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        epoch.run()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = _status("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        epoch.run()
+        peak = _status("VmHWM") - before
+    return {"implementation": implementation, "backend": backend, "batch": batch, "peak_mb": peak / 1e6,
+            "kind": "device" if gpu else "host", "data": source}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]))))

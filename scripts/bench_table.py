@@ -1,0 +1,93 @@
+"""Turn pytest-benchmark JSON from bench/ into a Markdown table.
+
+    python scripts/bench_table.py bench/results/latest.json [--out TABLE.md]
+
+Columns: implementation, backend, batch, median seconds per epoch, samples per second, ratio to the
+plain-PyTorch epoch on the same device and batch, ratio to the matrix-product bound (the fastest
+library's products alone on that device), and the peak memory of a full-batch epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def load_rows(path: Path) -> tuple[list[dict], dict]:
+    report = json.loads(path.read_text())
+    rows = []
+    for bench in report["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if "implementation" not in info:
+            continue
+        rows.append({**info, "median": bench["stats"]["median"], "min": bench["stats"]["min"],
+                     "rounds": bench["stats"]["rounds"]})
+    return rows, report.get("machine_info", {})
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}×" if reference else "–"
+
+
+def table(rows: list[dict]) -> str:
+    def lookup(implementation: str, device: str, batch: int) -> float | None:
+        found = [r["median"] for r in rows
+                 if r["implementation"] == implementation and r["device"] == device and r["batch"] == batch]
+        return min(found) if found else None
+
+    lines = [
+        "| implementation | backend | batch | s/epoch (median) | samples/s | vs PyTorch | vs bound | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {"xpnn": 0, "pytorch": 1, "numpy-by-hand": 2, "matmul-bound": 3}
+    epoch_rows = [r for r in rows if r["implementation"] in order]
+    epoch_rows.sort(key=lambda r: (r["samples"] != 60_000, r["device"], r["batch"], order[r["implementation"]],
+                                   r["backend"]))
+    for r in epoch_rows:
+        batch = "full" if r["batch"] == r["samples"] else str(r["batch"])
+        pytorch = lookup("pytorch", r["device"], r["batch"]) if r["samples"] == 60_000 else None
+        bound = lookup("matmul-bound", r["device"], r["batch"]) if r["samples"] == 60_000 else None
+        memory = r.get("peak_mb")
+        kind = " (GPU)" if r["device"] == "gpu" else ""
+        lines.append(
+            f"| {r['implementation']} | {r['backend']} | {batch} | {r['median']:.3f} | "
+            f"{r['samples'] / r['median']:,.0f} | {_ratio(r['median'], pytorch)} | {_ratio(r['median'], bound)} | "
+            + (f"{memory:,.0f} MB{kind}" if memory is not None else "–") + " |"
+        )
+    for r in rows:
+        if r["implementation"] == "import xpnn":
+            lines.append(f"\n`import xpnn`: {r['median'] * 1e3:.0f} ms per fresh interpreter (median), "
+                         "including interpreter start-up; neither cupy nor torch imported.")
+    return "\n".join(lines)
+
+
+def describe(machine: dict) -> str:
+    info = machine.get("xpnn", {})
+    parts = [info.get("processor", machine.get("processor", "?")), f"{info.get('cores', '?')} cores"]
+    if info.get("gpu"):
+        parts.append(info["gpu"])
+    versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "torch", "cupy") if k in info)
+    return f"Machine: {'; '.join(parts)}. Versions: {versions}."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", type=Path, help="pytest-benchmark JSON file")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this file (default: none)")
+    args = parser.parse_args(argv)
+    try:
+        rows, machine = load_rows(args.json)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"bench_table: error: {args.json}: not a pytest-benchmark JSON file ({error})", file=sys.stderr)
+        return 1
+    text = f"{describe(machine)}\n\n{table(rows)}\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
