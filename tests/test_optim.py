@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import xpnn
+from tests.conftest import make_backend
 from xpnn.optim import SGD, Adam, Momentum, get_optimizer, get_schedule
 
 
@@ -97,3 +98,31 @@ def test_schedules():
     cosine = get_schedule("cosine", epochs=10)
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
     assert get_schedule("constant", 3)(2) == 1.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make", [
+    lambda m: SGD(m, lr=0.1), lambda m: Momentum(m, lr=0.1), lambda m: Momentum(m, lr=0.1, nesterov=True),
+    lambda m: Adam(m, lr=0.01), lambda m: Adam(m, lr=0.01, weight_decay=0.1, decoupled=True),
+], ids=["sgd", "momentum", "nesterov", "adam", "adamw"])
+def test_fused_gpu_updates_equal_the_generic_formulas_bit_for_bit(make, dtype, monkeypatch):
+    backend = make_backend("cupy", dtype)
+    assert backend.fused is not None
+    rng = np.random.default_rng(5)
+    x, t = rng.standard_normal((16, 3)), rng.integers(0, 2, 16)
+
+    def train(fused: bool):
+        if not fused:
+            monkeypatch.setattr(type(backend), "fused", property(lambda self: None))
+        model = xpnn.mlp([3, 8, 2], backend=backend, seed=0)
+        opt = make(model)
+        for _ in range(4):
+            model.loss(backend.asarray(x), backend.asarray(t))
+            model.backward()
+            opt.step()
+        monkeypatch.undo()
+        return {k: backend.to_numpy(v) for k, v in model.named_parameters().items()}
+
+    fused, generic = train(True), train(False)
+    for name in generic:
+        np.testing.assert_array_equal(fused[name], generic[name], err_msg=name)

@@ -135,6 +135,21 @@ class Backend:
 
             torch.cuda.synchronize(self.device)
 
+    # ------------------------------------------------------------------ fused fast paths
+    @property
+    def fused(self) -> FusedUpdates | None:
+        """Single-kernel optimizer updates where the library offers them (CuPy), else None.
+
+        They give bit-for-bit the results of the generic array-API formulas, which stay the
+        reference (tests compare the two).
+        """
+        if self._library != "cupy" or self.dtype_name not in ("float32", "float64"):
+            return None
+        kernels = _FUSED.get(self.dtype_name)
+        if kernels is None:
+            kernels = _FUSED[self.dtype_name] = FusedUpdates(self.dtype_name)
+        return kernels
+
     # ------------------------------------------------------------------ randomness
     def random(self, seed: Seed) -> DeviceRandom:
         """A random stream on the device, seeded from ``seed`` (an int or a sequence of ints)."""
@@ -195,6 +210,55 @@ class DeviceRandom:
         return be.asarray(self._gen.random(shape, dtype=np.dtype(be.dtype_name)))
 
 
+class FusedUpdates:
+    """CuPy elementwise kernels for the optimizers' updates, one kernel per parameter.
+
+    Every operation is written with a round-to-nearest intrinsic (``__fmul_rn`` and friends) so the
+    compiler cannot contract a multiply and an add into an FMA: each step rounds exactly as the
+    separate array operations of the generic path do, and the results are identical.
+    """
+
+    def __init__(self, dtype_name: str):
+        import cupy
+
+        p = "f" if dtype_name == "float32" else "d"
+        ops = {"MUL": f"__{p}mul_rn", "ADD": f"__{p}add_rn", "SUB": f"__{p}sub_rn", "DIV": f"__{p}div_rn",
+               "SQRT": f"__{p}sqrt_rn"}
+
+        def kernel(params: str, outputs: str, body: str, name: str) -> Any:
+            for key, intrinsic in ops.items():
+                body = body.replace(key, intrinsic)
+            return cupy.ElementwiseKernel(params, outputs, body, f"xpnn_{name}_{dtype_name}")
+
+        self.dtype = np.dtype(dtype_name)
+        # p - lr*g
+        self._sgd = kernel("T p, T g, T lr", "T p_new", "p_new = SUB(p, MUL(lr, g));", "sgd")
+        # v = mu*v + g; p - lr*v, or p - lr*(g + mu*v) with Nesterov
+        self._momentum = kernel(
+            "T p, T g, T v, T lr, T mu, bool nesterov", "T p_new, T v_new",
+            "v_new = ADD(MUL(mu, v), g); T step = nesterov ? ADD(g, MUL(mu, v_new)) : v_new; "
+            "p_new = SUB(p, MUL(lr, step));", "momentum")
+        # m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g; p - lr*(m*mc) / (sqrt(v*vc) + eps)
+        self._adam = kernel(
+            "T p, T g, T m, T v, T lr, T b1, T c1, T b2, T c2, T mc, T vc, T eps", "T p_new, T m_new, T v_new",
+            "m_new = ADD(MUL(b1, m), MUL(c1, g)); v_new = ADD(MUL(b2, v), MUL(c2, MUL(g, g))); "
+            "p_new = SUB(p, DIV(MUL(lr, MUL(m_new, mc)), ADD(SQRT(MUL(v_new, vc)), eps)));", "adam")
+
+    def sgd(self, p: Any, g: Any, lr: float) -> Any:
+        return self._sgd(p, g, self.dtype.type(lr))
+
+    def momentum(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool) -> tuple[Any, Any]:
+        t = self.dtype.type
+        return self._momentum(p, g, v, t(lr), t(mu), nesterov)
+
+    def adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, betas: tuple[float, float], scales: tuple[float, float],
+             eps: float) -> tuple[Any, Any, Any]:
+        t = self.dtype.type
+        (b1, b2), (mc, vc) = betas, scales
+        return self._adam(p, g, m, v, t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(mc), t(vc), t(eps))
+
+
+_FUSED: dict[str, FusedUpdates] = {}
 _NAMESPACES: dict[type, Any] = {}
 _FLOATING: dict[tuple[type, Any], bool] = {}
 

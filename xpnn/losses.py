@@ -94,7 +94,8 @@ class SoftmaxCrossEntropy(Loss):
         total = xp.sum(e, axis=1, keepdims=True)
         self.probabilities = e / total
         self.targets = t
-        return (xp.sum(xp.log(total)) - xp.sum(t * z)) / n
+        # -Σ t·log p with log p = z - log Σe: one reduction, exact for any targets (soft ones too).
+        return xp.sum(t * (xp.log(total) - z)) / n
 
     def backward(self, dloss: Any = 1.0) -> Any:
         n = self.probabilities.shape[0]

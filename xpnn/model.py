@@ -128,7 +128,7 @@ class Sequential:
             logits = self.predict(xb)
             total_loss = total_loss + self.loss_fn(logits, tb) * xb.shape[0]
             labels = tb if tb.ndim == 1 else xp.argmax(tb, axis=1)
-            correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+            correct = correct + xp.count_nonzero(xp.argmax(logits, axis=1) == labels)
         return total_loss / n, correct
 
     def accuracy(self, x: Any, t: Any, batch_size: int = 10_000) -> float:

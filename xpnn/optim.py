@@ -78,6 +78,9 @@ class SGD(Optimizer):
     """Plain stochastic gradient descent: p ← p - lr·g."""
 
     def update(self, name: str, p: Any, g: Any) -> Any:
+        fused = self.model.backend.fused
+        if fused is not None:
+            return fused.sgd(p, g, self.lr)
         return p - self.lr * g
 
 
@@ -99,7 +102,12 @@ class Momentum(Optimizer):
         self.momentum, self.nesterov = momentum, nesterov
 
     def update(self, name: str, p: Any, g: Any) -> Any:
-        v = self.momentum * self._slot("velocity", name, p) + g
+        v = self._slot("velocity", name, p)
+        fused = self.model.backend.fused
+        if fused is not None:
+            p, self.state[f"velocity.{name}"] = fused.momentum(p, g, v, self.lr, self.momentum, self.nesterov)
+            return p
+        v = self.momentum * v + g
         self.state[f"velocity.{name}"] = v
         return p - self.lr * (g + self.momentum * v if self.nesterov else v)
 
@@ -124,11 +132,17 @@ class Adam(Optimizer):
 
     def update(self, name: str, p: Any, g: Any) -> Any:
         beta1, beta2 = self.betas
-        m = beta1 * self._slot("m", name, p) + (1 - beta1) * g
-        v = beta2 * self._slot("v", name, p) + (1 - beta2) * (g * g)
-        self.state[f"m.{name}"], self.state[f"v.{name}"] = m, v
+        m, v = self._slot("m", name, p), self._slot("v", name, p)
         m_hat_scale = 1 / (1 - beta1**self.steps)
         v_hat_scale = 1 / (1 - beta2**self.steps)
+        fused = self.model.backend.fused
+        if fused is not None:
+            p, self.state[f"m.{name}"], self.state[f"v.{name}"] = fused.adam(
+                p, g, m, v, self.lr, self.betas, (m_hat_scale, v_hat_scale), self.eps)
+            return p
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * (g * g)
+        self.state[f"m.{name}"], self.state[f"v.{name}"] = m, v
         return p - self.lr * (m * m_hat_scale) / (self.model.backend.xp.sqrt(v * v_hat_scale) + self.eps)
 
 

@@ -104,8 +104,7 @@ class Trainer:
                 model.backward()
                 self.optimizer.step()
                 loss_sum = loss_sum + loss * (stop - start)
-                hits = xp.argmax(logits, axis=1) == labels[start:stop]
-                correct = correct + xp.sum(xp.astype(hits, xp.int64))
+                correct = correct + xp.count_nonzero(xp.argmax(logits, axis=1) == labels[start:stop])
                 bar.update()
         return loss_sum, correct
 

@@ -38,6 +38,7 @@ class Affine(Layer):
         self.n_in, self.n_out, self.init, self.std, self.bias = int(n_in), int(n_out), init, std, bias
         self._initializer = get_initializer(init, **({} if std is None else {"std": std}))
         self.x: Any = None
+        self._ones_cache: Any = None
 
     def initialize(self, rng: np.random.Generator) -> None:
         be = self.backend
@@ -69,7 +70,19 @@ class Affine(Layer):
         x, self.x = self.x, None  # release the input: backward runs once per forward
         self.grads["W"] = self.xp.matrix_transpose(x) @ dy
         if self.bias:
-            self.grads["b"] = self.xp.sum(dy, axis=0)
+            # Σ over the batch as ones·dy: a matrix-vector product is several times faster than a sum
+            # over axis 0 on CuPy (strided reduction) and on torch's CPU, and no slower on NumPy.
+            self.grads["b"] = self._ones(dy) @ dy
+
+    def to(self, backend: Any) -> Affine:
+        self._ones_cache = None
+        return super().to(backend)
+
+    def _ones(self, dy: Any) -> Any:
+        n = dy.shape[0]
+        if self._ones_cache is None or self._ones_cache.shape[0] != n or self._ones_cache.dtype != dy.dtype:
+            self._ones_cache = self.backend.ones((n,), dtype=dy.dtype)
+        return self._ones_cache
 
     def config(self) -> dict[str, Any]:
         config = {"n_in": self.n_in, "n_out": self.n_out, "init": self.init}
