@@ -9,6 +9,7 @@ Rows for a missing library or GPU skip. XPNN_BENCH_ROUNDS lowers the number of t
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -71,17 +72,22 @@ def test_array_api_strict_small_slice(benchmark, mnist_shaped):
 
 
 def test_import_time(benchmark):
-    """`import xpnn` in a fresh interpreter: well under a quarter of a second, and no cupy or torch."""
-    code = "import sys, time; t = time.perf_counter(); import xpnn; " \
-           "print(time.perf_counter() - t, 'cupy' in sys.modules or 'torch' in sys.modules)"
+    """`import xpnn` in a fresh interpreter: well under a quarter of a second, and no cupy or torch.
+
+    The benchmark times the whole subprocess; ``import_seconds`` records the import alone, measured
+    inside each interpreter (median over the rounds).
+    """
+    code = ("import sys, time; t = time.perf_counter(); import xpnn; "
+            "print(time.perf_counter() - t, 'cupy' in sys.modules or 'torch' in sys.modules)")
+    inside = []
 
     def run():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         seconds, heavy = out.split()
-        assert heavy == "False"
-        return float(seconds)
+        assert heavy == "False", "import xpnn pulled in cupy or torch"
+        inside.append(float(seconds))
 
     benchmark.group = "import"
     benchmark.extra_info.update(implementation="import xpnn", backend="-", batch=0, samples=0, device="cpu")
-    seconds = benchmark.pedantic(run, rounds=rounds(5), warmup_rounds=1)
-    benchmark.extra_info["import_seconds"] = seconds
+    benchmark.pedantic(run, rounds=rounds(5), warmup_rounds=1)
+    benchmark.extra_info["import_seconds"] = statistics.median(inside)

@@ -28,6 +28,9 @@ def atomic_write(path: str | os.PathLike, write: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it the permissions open() would
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
