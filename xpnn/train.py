@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -191,6 +192,7 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -203,7 +205,8 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
-    fig.suptitle(title, fontsize=9)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(textwrap.fill(title, 120), fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=100))
     plt.close(fig)

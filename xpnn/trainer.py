@@ -49,7 +49,8 @@ class Trainer:
 
     Each epoch draws one permutation on the host (from the seed and the epoch number, so a resumed
     run shuffles exactly as an uninterrupted one), gathers the data once in that order on the device,
-    then slices contiguous batches. Losses and correct counts accumulate as device arrays and are
+    then slices contiguous batches. Full-batch training skips the shuffle: the gradient of the whole
+    set does not depend on the order. Losses and correct counts accumulate as device arrays and are
     read once at the end of the epoch.
 
     Parameters
@@ -91,8 +92,9 @@ class Trainer:
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(epoch)
         model.reseed(epoch)
-        order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch]).permutation(n))
-        x, labels, targets = (xp.take(a, order, axis=0) for a in (x, labels, targets))
+        if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
+            order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch]).permutation(n))
+            x, labels, targets = (xp.take(a, order, axis=0) for a in (x, labels, targets))
         loss_sum = be.zeros(())
         correct = be.zeros((), dtype=xp.int64)
         steps = math.ceil(n / batch)
