@@ -2,9 +2,10 @@
 
     python scripts/bench_table.py bench/results/latest.json [--out TABLE.md]
 
-Columns: implementation, backend, batch, median seconds per epoch, samples per second, ratio to the
-plain-PyTorch epoch on the same device and batch, ratio to the matrix-product bound (the fastest
-library's products alone on that device), and the peak memory of a full-batch epoch.
+Columns: implementation, backend, batch, minimum and median seconds per epoch, samples per second, ratio
+to the plain-PyTorch epoch on the same device and batch, ratio to the matrix-product bound (the fastest
+library's products alone on that device), and the peak memory of a full-batch epoch. Samples per second
+and the ratios use the minimum: on a shared machine, slow spells inflate medians but not minimums.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ def _ratio(value: float, reference: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     def lookup(implementation: str, device: str, batch: int) -> float | None:
-        found = [r["median"] for r in rows
+        found = [r["min"] for r in rows
                  if r["implementation"] == implementation and r["device"] == device and r["batch"] == batch]
         return min(found) if found else None
 
     lines = [
-        "| implementation | backend | batch | s/epoch (median) | samples/s | vs PyTorch | vs bound | peak memory |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| implementation | backend | batch | s/epoch min | median | samples/s | vs PyTorch | vs bound | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {"xpnn": 0, "pytorch": 1, "numpy-by-hand": 2, "matmul-bound": 3}
     epoch_rows = [r for r in rows if r["implementation"] in order]
@@ -52,8 +53,8 @@ def table(rows: list[dict]) -> str:
         memory = r.get("peak_mb")
         kind = " (GPU)" if r["device"] == "gpu" else ""
         lines.append(
-            f"| {r['implementation']} | {r['backend']} | {batch} | {r['median']:.3f} | "
-            f"{r['samples'] / r['median']:,.0f} | {_ratio(r['median'], pytorch)} | {_ratio(r['median'], bound)} | "
+            f"| {r['implementation']} | {r['backend']} | {batch} | {r['min']:.3f} | {r['median']:.3f} | "
+            f"{r['samples'] / r['min']:,.0f} | {_ratio(r['min'], pytorch)} | {_ratio(r['min'], bound)} | "
             + (f"{memory:,.0f} MB{kind}" if memory is not None else "–") + " |"
         )
     for r in rows:
