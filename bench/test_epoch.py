@@ -78,7 +78,7 @@ def neighbours(implementation, backend, batch, data):
 @pytest.mark.parametrize(("implementation", "backend", "batch"), CASES,
                          ids=[f"{i}-{b}-{'full' if n == FULL else n}" for i, b, n in CASES])
 def test_epoch(benchmark, mnist_shaped, implementation, backend, batch):
-    x, y, source = mnist_shaped
+    x, _, source = mnist_shaped
     try:
         epoch = epoch_for(implementation, backend, batch, mnist_shaped)
     except LookupError as error:

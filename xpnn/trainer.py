@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,10 @@ class Trainer:
         loss_sum = be.zeros(())
         correct = be.zeros((), dtype=xp.int64)
         steps = math.ceil(n / batch)
-        with ProgressBar(steps, f"epoch {epoch + 1}", unit="batches", enabled=progress) as bar:
+        # device_data() checked the data once; checking every batch again would wait for the device.
+        checking, model.check_values = model.check_values, False
+        with _restore_checks(model, checking), \
+                ProgressBar(steps, f"epoch {epoch + 1}", unit="batches", enabled=progress) as bar:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 logits = model.predict(x[start:stop, ...], train=True)
@@ -117,7 +121,9 @@ class Trainer:
         n = data[0].shape[0]
         start = time.perf_counter()
         loss_sum, correct = self.train_epoch(data, epoch, progress)
-        scores = {name: self.model.evaluate(x, t) for name, (x, t) in evaluations.items()}
+        checking, self.model.check_values = self.model.check_values, False
+        with _restore_checks(self.model, checking):
+            scores = {name: self.model.evaluate(x, t) for name, (x, t) in evaluations.items()}
         train_loss = be.item(loss_sum) / n  # the first read: waits for the device
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
@@ -131,6 +137,14 @@ class Trainer:
             test_loss=test[0], test_accuracy=test[1], val_loss=val[0], val_accuracy=val[1],
             seconds=seconds, samples_per_second=n / seconds, lr=self.optimizer.lr,
         )
+
+
+@contextlib.contextmanager
+def _restore_checks(model: Sequential, checking: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        model.check_values = checking
 
 
 def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer, epoch: int,
