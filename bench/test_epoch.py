@@ -19,13 +19,12 @@ import pytest
 from implementations import epoch_flops, make_epoch, rounds
 
 FULL = 60_000
-# Grouped by library, numpy first: a library's idle worker threads spin for a moment after its last
-# call, so interleaving numpy and torch rounds would slow whichever runs next.
+# Implementations compared with each other run interleaved (see neighbours()): one group per device.
 GROUPS = [
-    [("xpnn", "numpy"), ("numpy-by-hand", "numpy"), ("matmul-bound", "numpy")],
-    [("xpnn", "torch-cpu"), ("pytorch", "torch-cpu"), ("matmul-bound", "torch-cpu")],
-    [("xpnn", "cupy"), ("matmul-bound", "cupy")],
-    [("xpnn", "torch-cuda"), ("pytorch", "torch-cuda"), ("matmul-bound", "torch-cuda")],
+    [("xpnn", "numpy"), ("numpy-by-hand", "numpy"), ("matmul-bound", "numpy"),
+     ("xpnn", "torch-cpu"), ("pytorch", "torch-cpu"), ("matmul-bound", "torch-cpu")],
+    [("xpnn", "cupy"), ("matmul-bound", "cupy"),
+     ("xpnn", "torch-cuda"), ("pytorch", "torch-cuda"), ("matmul-bound", "torch-cuda")],
 ]
 CASES = [(i, b, batch) for group in GROUPS for batch in (128, FULL) for i, b in group]
 GPU = {"cupy", "torch-cuda"}
@@ -58,9 +57,9 @@ def epoch_for(implementation, backend, batch, data):
 
 
 def neighbours(implementation, backend, batch, data):
-    """An untimed epoch of every other implementation of the same library group and batch, run before
-    each timed round: the rounds of all of them interleave, so slow spells of this shared machine fall
-    on all of them alike instead of on whichever test happened to run then."""
+    """An untimed epoch of every other implementation on the same device and batch, run before each
+    timed round: the rounds of all of them interleave, so slow spells of a shared machine fall on all
+    of them alike instead of on whichever test happened to run then."""
     group = next(g for g in GROUPS if (implementation, backend) in g)
     others = []
     for other in group:

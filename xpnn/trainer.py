@@ -96,8 +96,7 @@ class Trainer:
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
             order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch]).permutation(n))
             x, labels, targets = (xp.take(a, order, axis=0) for a in (x, labels, targets))
-        loss_sum = be.zeros(())
-        correct = be.zeros((), dtype=xp.int64)
+        losses, hits, sizes = [], [], []
         steps = math.ceil(n / batch)
         # device_data() checked the data once; checking every batch again would wait for the device.
         checking, model.check_values = model.check_values, False
@@ -109,10 +108,13 @@ class Trainer:
                 loss = model.loss_fn(logits, targets[start:stop, ...])
                 model.backward()
                 self.optimizer.step()
-                loss_sum = loss_sum + loss * (stop - start)
-                correct = correct + xp.count_nonzero(xp.argmax(logits, axis=1) == labels[start:stop])
+                # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
+                losses.append(loss)
+                hits.append(xp.count_nonzero(xp.argmax(logits, axis=1) == labels[start:stop]))
+                sizes.append(stop - start)
                 bar.update()
-        return loss_sum, correct
+        loss_sum = xp.sum(xp.stack(losses) * be.asarray(np.asarray(sizes, dtype=np.float64)))
+        return loss_sum, xp.sum(xp.stack(hits))
 
     def run_epoch(self, data: tuple[Any, Any, Any], epoch: int, evaluations: dict[str, tuple[Any, Any]],
                   progress: bool = False) -> EpochResult:
