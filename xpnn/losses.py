@@ -29,9 +29,11 @@ class Loss:
         return self.forward(y, t)
 
     def forward(self, y: Any, t: Any) -> Any:
+        """The loss of predictions ``y`` (N, ...) against targets ``t``, as a 0-d array."""
         raise NotImplementedError
 
     def backward(self, dloss: Any = 1.0) -> Any:
+        """dL/dy for the last :meth:`forward`, scaled by ``dloss``; shaped like ``y``."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:

@@ -76,9 +76,17 @@ class Layer:
 
     # ------------------------------------------------------------------ computation
     def forward(self, x: Any, *, train: bool = False) -> Any:
+        """Compute ``y`` from ``x`` (N, ...), keeping what :meth:`backward` needs.
+
+        ``train`` switches dropout on and batch normalization to batch statistics.
+        """
         raise NotImplementedError
 
     def backward(self, dy: Any) -> Any:
+        """Given dL/dy (shaped like ``y``), fill ``grads`` and return dL/dx (shaped like ``x``).
+
+        Called once per forward; it never modifies ``dy``.
+        """
         raise NotImplementedError
 
     def backward_params(self, dy: Any) -> None:
