@@ -285,7 +285,9 @@ def load_dataset(
         try:
             files = download(name, cache_dir(name), mirrors, quiet)
         except DataError as error:
-            raise DataError(f"{name} not found in {', '.join(looked)}; {error}") from None
+            offline = ("; offline, Fashion-MNIST installs with apt-get install dataset-fashion-mnist "
+                       "(then --dataset fashion-mnist)" if name == "mnist" else "")
+            raise DataError(f"{name} not found in {', '.join(looked)}; {error}{offline}") from None
     arrays = {key: read_idx(path) for key, path in files.items()}
     dataset = _assemble(name, arrays, files)
     if val:
