@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning-rate schedule over the epochs (default: cosine)")
     add("--hidden", type=_hidden, default=[256, 128], help="hidden layer sizes, comma-separated (default: 256,128)")
     add("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation (default: relu)")
-    add("--init", default=None, choices=sorted(INITIALIZERS),
+    add("--init", default=None, choices=sorted(set(INITIALIZERS) - {"zeros"}),
         help="weight initializer; normal uses std 0.01 (default: he for relu/elu, xavier otherwise)")
     add("--dropout", type=_probability, default=0.1, help="dropout after each hidden layer (default: 0.1)")
     add("--val", type=_non_negative_int, default=0, metavar="N",
