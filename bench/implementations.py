@@ -87,11 +87,11 @@ def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> E
     model = xpnn.mlp(list(SIZES), backend=backend, seed=0)
     model.check_values = False
     trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=LR), batch_size=batch, seed=0)
-    data = trainer.device_data(x, y, 10)
+    data = trainer.device_data(x, y)
     counter = iter(range(10**9))
 
     def run() -> None:
-        loss, _ = trainer.train_epoch(data, next(counter))
+        loss = trainer.train_epoch(data, next(counter))["loss"]
         backend.sync()
         del loss
 

@@ -147,11 +147,13 @@ def test_labels_file_with_too_few_labels(tmp_path, capsys):
     assert "holds 10 images but" in err and "holds 9 labels" in err
 
 
-def test_checkpoint_from_another_architecture(dataset, tmp_path, capsys):
+def test_resume_with_another_architecture_is_refused_naming_the_flag(dataset, tmp_path, capsys):
     save = tmp_path / "ck.npz"
     assert run(dataset, "--save", str(save)) == 0
-    err = one_line_error(capsys, ["--data-dir", str(dataset), *FAST, "--hidden", "32", "--resume", str(save)])
-    assert f"{save}: checkpoint of a different architecture (64-16 ReLU Dropout 16-3), this run builds 64-32" in err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--data-dir", str(dataset), *FAST, "--hidden", "32", "--resume", str(save)])
+    assert exit_info.value.code == 2
+    assert "--hidden 32 differs from the checkpoint's 16" in capsys.readouterr().err
 
 
 def test_resume_from_a_file_that_is_not_a_checkpoint(dataset, tmp_path, capsys):

@@ -22,19 +22,20 @@ def test_epochs_reduce_the_loss_on_every_backend(backend, batch):
     x, y = blobs()
     model = xpnn.mlp([6, 16, 3], backend=backend, seed=0, dropout=0.1)
     trainer = Trainer(model, xpnn.optim.Adam(model, lr=0.01), batch_size=batch)
-    data = trainer.device_data(x, y, 3)
-    losses = [backend.item(trainer.train_epoch(data, epoch)[0]) / len(y) for epoch in range(15)]
+    data = trainer.device_data(x, y)
+    losses = [trainer.run_epoch(data, index)["train_loss"] for index in range(15)]
     assert losses[-1] < losses[0] / 2
-    assert model.accuracy(data[0], data[1]) > 0.85
+    assert model.accuracy(data.x, data.labels) > 0.85
 
 
 def test_bad_training_data_is_refused_once_up_front():
     model = xpnn.mlp([2, 3])
     trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1))
     with pytest.raises(ValueError, match="NaN or infinite"):
-        trainer.device_data(np.array([[0.0, np.nan]], np.float32), np.array([0]), 3)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got values from 0 to 5"):
-        trainer.device_data(np.zeros((2, 2), np.float32), np.array([0, 5]), 3)
+        trainer.device_data(np.array([[0.0, np.nan]], np.float32), np.array([0]))
+    message = r"labels must lie in \[0, 3\) for this 3-output model, got values from 0 to 5"
+    with pytest.raises(ValueError, match=message):
+        trainer.device_data(np.zeros((2, 2), np.float32), np.array([0, 5]))
 
 
 @pytest.mark.filterwarnings("ignore:cupyx.allow_synchronize will be removed")
@@ -45,18 +46,18 @@ def test_a_gpu_epoch_never_waits_for_the_device():
     x, y = blobs(1000)
     model = xpnn.mlp([6, 16, 3], backend=backend, seed=0, dropout=0.1)
     trainer = Trainer(model, xpnn.optim.Adam(model, lr=0.01), batch_size=64)
-    data = trainer.device_data(x, y, 3)
+    data = trainer.device_data(x, y)
     trainer.train_epoch(data, 0)  # compile the kernels first
     with cupyx.allow_synchronize(False):  # any synchronizing call inside raises DeviceSynchronized
-        loss, correct = trainer.train_epoch(data, 1)
-    assert backend.item(loss) > 0 and 0 < int(backend.item(correct)) <= 1000
+        sums = trainer.train_epoch(data, 1)
+    assert backend.item(sums["loss"]) > 0 and 0 < int(backend.item(sums["correct"])) <= 1000
 
 
 def test_the_trainer_leaves_the_models_value_checks_as_it_found_them():
     x, y = blobs(64)
     model = xpnn.mlp([6, 4, 3])
     trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=16)
-    trainer.train_epoch(trainer.device_data(x, y, 3), 0)
+    trainer.train_epoch(trainer.device_data(x, y), 0)
     assert model.check_values is True
     with pytest.raises(ValueError, match="NaN"):
         model.predict(model.backend.asarray(np.full((1, 6), np.nan)))

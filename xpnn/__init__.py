@@ -12,20 +12,23 @@ backend is chosen once at run time::
     optimizer.step()
 """
 
-from . import data, initializers, layers, losses, optim, trainer
+from . import callbacks, data, initializers, layers, losses, metrics, optim, trainer
 from .backend import Backend, BackendError, get_backend
+from .callbacks import Callback, EarlyStopping, History
 from .gradcheck import gradcheck
 from .layers import ELU, Add, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, Mul, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, load, mlp
 from .serialization import FormatError
-from .trainer import Trainer
+from .trainer import DivergenceError, Trainer, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError", "BatchNorm1d", "Dropout", "FormatError",
+    "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError", "BatchNorm1d", "Callback", "DivergenceError",
+    "Dropout", "EarlyStopping", "FormatError", "History",
     "Layer", "LeakyReLU", "Linear", "MeanSquaredError", "Mul", "ReLU", "Sequential", "Sigmoid",
-    "SoftmaxCrossEntropy", "Tanh", "Trainer", "data", "get_backend", "gradcheck", "initializers", "layers", "load",
-    "losses", "mlp", "optim", "trainer",
+    "SoftmaxCrossEntropy", "Tanh", "Trainer", "callbacks", "data", "fit", "get_backend", "gradcheck", "initializers",
+    "layers", "load",
+    "losses", "metrics", "mlp", "optim", "trainer",
 ]

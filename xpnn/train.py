@@ -1,28 +1,34 @@
-"""Train a multilayer perceptron on MNIST (or any MNIST-layout dataset) from the command line.
+"""Train a multilayer perceptron or a CNN on MNIST (or any MNIST-layout dataset) from the command line.
 
     python -m xpnn.train --device cpu --dataset fashion-mnist --epochs 20
+    python -m xpnn.train --model cnn --dataset fashion-mnist
 
-The flags follow pytorch/examples' mnist/main.py; ``python -m xpnn.train --help`` lists them all.
+The flags follow pytorch/examples' mnist/main.py; ``python -m xpnn.train --help`` lists them all. The
+command is a thin layer over :func:`xpnn.fit`: it parses flags, loads data, builds the model and passes
+callbacks that print, checkpoint and write metrics.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backend import BackendError, get_backend
+from .callbacks import Callback
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
-from .serialization import FormatError, atomic_write
-from .trainer import DivergenceError, EpochResult, Trainer, load_checkpoint, save_checkpoint
+from .serialization import FormatError, atomic_write, read_npz
+from .trainer import DivergenceError, Trainer
 
 PROG = "python -m xpnn.train"
 
@@ -60,9 +66,13 @@ def _positive_float(text: str) -> float:
 
 
 def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -87,101 +97,217 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+MODELS = ("mlp", "cnn")
+
+# Defaults that differ by --model; a flag given on the command line always wins.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"epochs": 20, "lr": 0.001, "optimizer": "adam", "schedule": "cosine", "dropout": 0.1},
+    "cnn": {"epochs": 15, "lr": 0.001, "optimizer": "adam", "schedule": "cosine", "dropout": 0.25},
+}
+
+# Settings saved in a checkpoint: a resumed run takes them from the checkpoint when the flag is not given,
+# and refuses a different value, which would make the resumed run differ from an uninterrupted one.
+# --epochs may change (with a warning); --device may change (results then agree to float rounding).
+EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
+                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train a multilayer perceptron with hand-written backprop on MNIST-layout data.",
+        prog=PROG, allow_abbrev=False,
+        description="Train a multilayer perceptron or a CNN with hand-written backprop on MNIST-layout data.",
     )
     add = parser.add_argument
+    mlp_d, cnn_d = MODEL_DEFAULTS["mlp"], MODEL_DEFAULTS["cnn"]
+
+    def per_model(key: str) -> str:
+        return f"(default: {mlp_d[key]}; with --model cnn: {cnn_d[key]})"
+
+    add("--model", default="mlp", choices=MODELS,
+        help="mlp: the seeds' multilayer perceptron on (N, 784); cnn: two conv layers on (N, 1, 28, 28) "
+             "(default: mlp)")
     add("--device", default="cpu", help="cpu, gpu, cuda:N, torch or torch:cuda (default: cpu)")
     add("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset to train on (default: mnist)")
     add("--data-dir", default=None, metavar="DIR",
         help="folder with the four MNIST-layout IDX files, .gz or raw; no download (default: search, then download)")
-    add("--epochs", type=_positive_int, default=20, help="number of epochs (default: 20)")
+    add("--epochs", type=_positive_int, default=None, help=f"number of epochs {per_model('epochs')}")
     add("--batch-size", type=_positive_int, default=128, metavar="N", help="samples per step (default: 128)")
     add("--full-batch", action="store_true", help="one step per epoch over the whole training set (default: off)")
-    add("--lr", type=_positive_float, default=0.001, help="learning rate (default: 0.001)")
-    add("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule (default: adam)")
+    add("--lr", type=_positive_float, default=None, help=f"learning rate {per_model('lr')}")
+    add("--optimizer", default=None, choices=sorted(OPTIMIZERS), help=f"update rule {per_model('optimizer')}")
     add("--momentum", type=_probability, default=0.9, help="momentum for --optimizer momentum (default: 0.9)")
     add("--weight-decay", type=_non_negative_float, default=0.0, help="L2 penalty (default: 0)")
-    add("--schedule", default="cosine", choices=["constant", "step", "cosine"],
-        help="learning-rate schedule over the epochs (default: cosine)")
-    add("--hidden", type=_hidden, default=[256, 128], help="hidden layer sizes, comma-separated (default: 256,128)")
-    add("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation (default: relu)")
+    add("--schedule", default=None, choices=["constant", "step", "cosine"],
+        help=f"learning-rate schedule over the epochs {per_model('schedule')}")
+    add("--hidden", type=_hidden, default=[256, 128], help="MLP hidden layer sizes, comma-separated (default: 256,128)")
+    add("--activation", default="relu", choices=sorted(ACTIVATIONS), help="MLP hidden activation (default: relu)")
     add("--init", default=None, choices=sorted(set(INITIALIZERS) - {"zeros"}),
         help="weight initializer; normal uses std 0.01 (default: he for relu/elu, xavier otherwise)")
-    add("--dropout", type=_probability, default=0.1, help="dropout after each hidden layer (default: 0.1)")
+    add("--dropout", type=_probability, default=None, help=f"dropout before the last layer(s) {per_model('dropout')}")
     add("--val", type=_non_negative_int, default=0, metavar="N",
         help="hold out N training samples for validation (default: 0)")
-    add("--seed", type=int, default=1, help="random seed (default: 1)")
+    add("--seed", type=_non_negative_int, default=1, help="random seed, an integer >= 0 (default: 1)")
     add("--save", default=None, metavar="PATH", help="checkpoint after every epoch and at the end (default: none)")
-    add("--resume", default=None, metavar="PATH", help="continue from a checkpoint written by --save (default: none)")
+    add("--resume", default=None, metavar="PATH",
+        help="continue from a checkpoint written by --save; flags not given are taken from it (default: none)")
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
     return parser
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations of the options written on the command line (``--lr 0.1`` and ``--lr=0.1``)."""
+    by_option = {option: action.dest for action in parser._actions for option in action.option_strings}
+    return {by_option[arg.split("=", 1)[0]] for arg in argv if arg.split("=", 1)[0] in by_option}
+
+
+def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, Any] | None) -> list[str]:
+    """Fill flags not given: from the checkpoint's settings on --resume, else from the model's defaults.
+
+    Returns warnings to print. Raises UsageError for a given flag that differs from the checkpoint.
+    """
+    warnings = []
+    if saved is not None:
+        saved = {**{"model": "mlp"}, **saved}  # checkpoints from before --model trained MLPs
+        for key in EXACT_SETTINGS:
+            if key not in saved:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if key not in given:
+                setattr(args, key, saved[key])
+            elif _differs(getattr(args, key), saved[key]):
+                raise UsageError(
+                    f"{flag} {_show(getattr(args, key))} differs from the checkpoint's {_show(saved[key])}; "
+                    f"a resumed run must repeat it to continue exactly (drop {flag}, or start a new run "
+                    "without --resume)"
+                )
+    for key, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if saved is not None and "epochs" in saved:
+        if "epochs" not in given:
+            args.epochs = saved["epochs"]
+        elif args.epochs != saved["epochs"]:
+            note = (f"--epochs {args.epochs} differs from the checkpoint's {saved['epochs']}: training continues "
+                    f"to epoch {args.epochs}")
+            if args.schedule == "cosine":
+                note += (f"; the cosine schedule now spans {args.epochs} epochs, so the learning rates from here "
+                         "on differ from both an uninterrupted run of either length")
+            warnings.append(note)
+    return warnings
+
+
+def _differs(value: Any, saved: Any) -> bool:
+    if isinstance(value, float) or isinstance(saved, float):
+        return not (isinstance(saved, int | float) and float(value) == float(saved))
+    return value != saved
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "(on)" if value is True else "(off)" if value is False else str(value)
+
+
+def data_fingerprint(x: Any, y: Any) -> str:
+    """A short hash of the training arrays, so a resume on other data is refused."""
+    digest = hashlib.blake2b(digest_size=8)
+    for a in (x, y):
+        digest.update(str((a.shape, a.dtype.str)).encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------------- the run
 class Run:
     """Everything one invocation builds, so that the steps below stay short."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None):
         self.args = args
         self.say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
         self.backend = get_backend(args.device)
         self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
+        self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
+        if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
+            raise UsageError(f"--resume: the checkpoint was trained on other data than {self.data.directory} "
+                             f"(dataset {args.dataset}, --val {args.val}); point --data-dir at the same files")
         n = self.data.x_train.shape[0]
         if not args.full_batch and args.batch_size > n:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
-        sizes = [self.data.n_features, *args.hidden, self.data.n_classes]
-        std = 0.01 if args.init == "normal" else None
-        self.model: Sequential = mlp(sizes, activation=args.activation, init=args.init, std=std,
-                                     dropout=args.dropout, backend=self.backend, seed=args.seed)
-        self.model.check_values = False  # the data is checked once, below, not at every step
+        self.model = self.build_model()
+        self.model.check_values = False  # the data is checked once, in fit(), not at every step
         options: dict[str, Any] = {"weight_decay": args.weight_decay}
         if args.optimizer == "momentum":
             options["momentum"] = args.momentum
         self.optimizer = get_optimizer(args.optimizer, self.model, args.lr, **options)
         self.trainer = Trainer(self.model, self.optimizer, batch_size=None if args.full_batch else args.batch_size,
                                schedule=get_schedule(args.schedule, args.epochs), seed=args.seed)
-        self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.saved_epoch: int | None = None
 
+    def build_model(self) -> Sequential:
+        args, data = self.args, self.data
+        std = 0.01 if args.init == "normal" else None
+        if args.model == "cnn":
+            from .model import cnn
+
+            side = math.isqrt(data.n_features)
+            if side * side != data.n_features:
+                raise UsageError(f"--model cnn needs square images; {data.name} has {data.n_features} pixels")
+            self.image_shape = (1, side, side)
+            return cnn(self.image_shape, data.n_classes, dropout=args.dropout, backend=self.backend, seed=args.seed)
+        self.image_shape = None
+        sizes = [data.n_features, *args.hidden, data.n_classes]
+        return mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,
+                   backend=self.backend, seed=args.seed)
+
+    def inputs(self, x: Any) -> Any:
+        """Images as the model takes them: (N, 784) rows for the MLP, (N, 1, 28, 28) for the CNN."""
+        return x if self.image_shape is None else x.reshape(x.shape[0], *self.image_shape)
+
     def settings(self) -> dict[str, Any]:
-        keys = ("dataset", "epochs", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
-                "schedule", "seed", "val")
-        return {k: getattr(self.args, k) for k in keys}
+        keys = ("epochs", *EXACT_SETTINGS)
+        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint}
 
     def resume(self, path: str) -> None:
         header = load_checkpoint(path, self.model, self.optimizer)
-        self.start_epoch, self.history = header["epoch"], header["history"]
+        self.start_epoch = header["epoch"]
+        self.trainer.history.rows[:] = header["history"]
         self.saved_epoch = self.start_epoch
+        if self.start_epoch > self.args.epochs:
+            raise UsageError(f"--epochs {self.args.epochs}: the checkpoint {path} has already trained "
+                             f"{self.start_epoch} epochs; pass a larger --epochs to continue")
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
 
     def checkpoint(self, epoch: int) -> None:
         if self.args.save:
-            save_checkpoint(self.args.save, self.model, self.optimizer, epoch, self.history, self.settings())
+            save_checkpoint(self.args.save, self.model, self.optimizer, epoch, self.trainer.history.rows,
+                            self.settings())
             self.saved_epoch = epoch
 
     def describe(self) -> str:
         a, d = self.args, self.data
-        sizes = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes])
+        if a.model == "cnn":
+            kind = f"CNN {'x'.join(map(str, self.image_shape))} -> {d.n_classes}"
+        else:
+            kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
         batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
-        return (f"{sizes} {a.activation} MLP ({self.model.n_parameters:,} parameters) on {d.name} "
+        return (f"{kind} ({self.model.n_parameters:,} parameters) on {d.name} "
                 f"({d.x_train.shape[0]:,} train / {d.x_test.shape[0]:,} test) with {self.backend.name}, "
                 f"{a.optimizer} lr {a.lr} ({a.schedule}), {batch}, dropout {a.dropout}, seed {a.seed}")
 
 
-def format_epoch(result: EpochResult, epochs: int) -> str:
-    line = (f"epoch {result.epoch:>{len(str(epochs))}}/{epochs}  "
-            f"train loss {result.train_loss:.4f} acc {result.train_accuracy:6.2%}")
-    if result.val_loss is not None:
-        line += f"  val loss {result.val_loss:.4f} acc {result.val_accuracy:6.2%}"
-    line += (f"  test loss {result.test_loss:.4f} acc {result.test_accuracy:6.2%}  "
-             f"{result.seconds:5.1f} s  {result.samples_per_second:,.0f} samples/s")
-    return line
+class _EpochEnd(Callback):
+    """After each good epoch: checkpoint, then the metrics file (so both always agree)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        self.run.checkpoint(row["epoch"])
+        if self.run.args.metrics:
+            write_metrics(self.run.args.metrics, trainer.history.rows)
 
 
 def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
@@ -215,49 +341,50 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def train(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError('--plot needs matplotlib; install it with pip install "xpnn[plot]"') from None
-    run = Run(args)
+    saved = None
+    if args.resume:
+        _, header = read_npz(args.resume, "checkpoint")
+        saved = header.get("settings") if isinstance(header.get("settings"), dict) else {}
+    for warning in apply_defaults(args, set() if given is None else given, saved):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    run = Run(args, saved)
     if args.resume:
         run.resume(args.resume)
     run.say(f"xpnn: {run.describe()}")
-    be, data = run.backend, run.data
-    train_data = run.trainer.device_data(data.x_train, data.y_train, data.n_classes)
-    evaluations = {"test": (be.asarray(data.x_test), be.asarray(data.y_test))}
+    data = run.data
+    eval_sets = {"test": (run.inputs(data.x_test), data.y_test)}
     if data.x_val is not None:
-        evaluations = {"val": (be.asarray(data.x_val), be.asarray(data.y_val)), **evaluations}
+        eval_sets = {"val": (run.inputs(data.x_val), data.y_val), **eval_sets}
     if args.save and run.saved_epoch is None:
         run.checkpoint(0)  # so that an interrupted first epoch still leaves a checkpoint to resume from
     started = time.perf_counter()
-    epoch = run.start_epoch
     try:
-        for epoch in range(run.start_epoch, args.epochs):
-            result = run.trainer.run_epoch(train_data, epoch, evaluations, progress=not args.quiet)
-            run.history.append(result.as_dict())
-            run.say(format_epoch(result, args.epochs))
-            run.checkpoint(epoch + 1)
-            if args.metrics:
-                write_metrics(args.metrics, run.history)
+        history = run.trainer.fit(run.inputs(data.x_train), data.y_train, epochs=args.epochs, eval_sets=eval_sets,
+                                  callbacks=[_EpochEnd(run)], initial_epoch=run.start_epoch,
+                                  verbose=not args.quiet, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted in epoch {epoch + 1}", file=sys.stderr)
-        if args.save:
+        print(f"\ninterrupted in epoch {len(run.trainer.history) + 1}", file=sys.stderr)
+        if args.save and run.saved_epoch is not None:
             print(f"checkpoint after epoch {run.saved_epoch} is in {args.save}; "
                   f"continue with --resume {args.save}", file=sys.stderr)
         return 130
     except DivergenceError as error:
-        kept = f"; the last good checkpoint (epoch {run.saved_epoch}) is in {args.save}" if args.save else ""
+        kept = (f"; the last good checkpoint (epoch {run.saved_epoch}) is in {args.save}"
+                if args.save and run.saved_epoch is not None else "")
         print(f"{PROG}: error: {error}: try a smaller --lr (now {args.lr}){kept}", file=sys.stderr)
         return 1
-    if args.plot and run.history:
-        plot_history(args.plot, run.history, run.describe())
-    if run.history:
-        best = max(run.history, key=lambda row: row["test_accuracy"])
-        last = run.history[-1]
-        print(f"done: {len(run.history)} epochs, {time.perf_counter() - started:.1f} s this run; "
+    if args.plot and len(history):
+        plot_history(args.plot, history.rows, run.describe())
+    if len(history):
+        best = max(history, key=lambda row: row["test_accuracy"])
+        last = history[-1]
+        print(f"done: {len(history)} epochs, {time.perf_counter() - started:.1f} s this run; "
               f"test accuracy {last['test_accuracy']:.2%} (best {best['test_accuracy']:.2%} at epoch "
               f"{best['epoch']}), test loss {last['test_loss']:.4f}"
               + (f"; checkpoint {args.save}" if args.save else ""), flush=True)
@@ -266,15 +393,23 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m xpnn.train``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return train(args)
+        return train(args, given_flags(parser, argv))
     except UsageError as error:
         parser.error(str(error))
     except BackendError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; try a smaller --hidden, --batch-size or --full-batch off",
+              file=sys.stderr)
+        return 1
     except (FormatError, FileNotFoundError, ValueError, OSError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

@@ -1,144 +1,482 @@
-"""Minibatch training loops that never wait for the device inside an epoch, and checkpoints."""
+"""Minibatch training that never waits for the device inside an epoch: :func:`fit` and the Trainer behind it.
+
+Each epoch draws one permutation on the host (from the seed and the epoch number, so a resumed run
+shuffles exactly as an uninterrupted one), gathers the data once in that order on the device, then slices
+contiguous batches. Losses and correct counts accumulate as device arrays and are read back once, at the
+end of the epoch, when the epoch is also checked for divergence.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import metrics
+from .backend import namespace_of
+from .callbacks import Callback, History
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Local
 from .losses import one_hot
 from .model import SHUFFLE_STREAM, Sequential
-from .optim import Optimizer
+from .optim import Optimizer, get_schedule
 from .progress import ProgressBar
-from .serialization import FormatError, read_npz, write_npz
 
-__all__ = ["DivergenceError", "EpochResult", "Trainer", "load_checkpoint", "save_checkpoint"]
+__all__ = ["DeviceData", "DivergenceError", "Trainer", "fit", "format_row", "load_checkpoint", "save_checkpoint"]
 
 
 class DivergenceError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: a non-finite loss or weight, or a training loss far above where it started."""
 
 
 @dataclass
-class EpochResult:
-    """What one epoch measured (losses are means over samples, accuracies fractions)."""
+class DeviceData:
+    """A dataset on the model's device.
 
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    test_loss: float | None
-    test_accuracy: float | None
-    seconds: float
-    samples_per_second: float
-    lr: float
-    val_loss: float | None = None
-    val_accuracy: float | None = None
+    Attributes
+    ----------
+    x : array, (N, ...)
+        Inputs, in the model's float dtype.
+    targets : array
+        What the loss takes: one-hot rows (N, C) for a softmax classifier, (N, K) floats otherwise.
+    labels : array or None
+        Integer labels (N,) that the accuracy counts against (softmax classifiers), else None.
+    """
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+    x: Any
+    targets: Any
+    labels: Any = None
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, order: Any) -> DeviceData:
+        """The same data in the order of the index array ``order``."""
+        xp = namespace_of(self.x)
+        labels = None if self.labels is None else xp.take(self.labels, order, axis=0)
+        return DeviceData(xp.take(self.x, order, axis=0), xp.take(self.targets, order, axis=0), labels)
+
+    def rows(self, start: int, stop: int) -> DeviceData:
+        """Samples ``start:stop``."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return DeviceData(self.x[start:stop, ...], self.targets[start:stop, ...], labels)
 
 
 class Trainer:
-    """Trains a classifier with minibatches cut on the device.
-
-    Each epoch draws one permutation on the host (from the seed and the epoch number, so a resumed
-    run shuffles exactly as an uninterrupted one), gathers the data once in that order on the device,
-    then slices contiguous batches. Full-batch training skips the shuffle: the gradient of the whole
-    set does not depend on the order. Losses and correct counts accumulate as device arrays and are
-    read once at the end of the epoch.
+    """Trains a model on data held on its device, one epoch at a time, and keeps its history.
 
     Parameters
     ----------
     model : Sequential
-        A classifier with a softmax cross-entropy loss.
+        Any model: a softmax classifier (integer or one-hot labels), a binary one
+        (:class:`~xpnn.losses.BCEWithLogits`) or a regression (:class:`~xpnn.losses.MeanSquaredError`).
     optimizer : Optimizer
     batch_size : int or None
-        Samples per step; None trains full batch (one step per epoch).
+        Samples per step (the global batch across MPI ranks); None trains full batch.
     schedule : callable, optional
         Learning-rate factor per 0-based epoch (see :func:`xpnn.optim.get_schedule`).
     seed : int
         Seeds the shuffles.
+    comm : communicator, optional
+        :class:`xpnn.distributed.Local` (default) or an MPI communicator from :mod:`xpnn.distributed`.
+    divergence_factor : float or None
+        An epoch whose mean training loss exceeds this many times the loss of the first batch trained is
+        treated as diverged, as is any non-finite loss or weight. None checks only for non-finite values.
+    eval_batch_size : int
+        Samples per forward pass when evaluating.
+
+    Attributes
+    ----------
+    history : History
+        One row per epoch trained (also the rows of a resumed run, when passed in).
+    stop_training : bool
+        Set by a callback to end :meth:`fit` after the current epoch.
     """
 
     def __init__(self, model: Sequential, optimizer: Optimizer, *, batch_size: int | None = 128,
-                 schedule: Callable[[int], float] | None = None, seed: int = 0):
+                 schedule: Callable[[int], float] | None = None, seed: int = 0, comm: Any = None,
+                 divergence_factor: float | None = 100.0, eval_batch_size: int = 1000):
+        if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+            raise ValueError(f"Trainer: batch_size must be a positive integer or None, got {batch_size!r}")
+        if divergence_factor is not None and not divergence_factor > 1:
+            raise ValueError(f"Trainer: divergence_factor must be > 1 or None, got {divergence_factor!r}")
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.schedule, self.seed = schedule, seed
+        self.comm = Local() if comm is None else comm
+        self.divergence_factor, self.eval_batch_size = divergence_factor, eval_batch_size
         self.base_lr = optimizer.lr
+        self.history = History()
+        self.stop_training = False
+        self.reference_loss: float | None = None
 
-    def device_data(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[Any, Any, Any]:
-        """Copy a host dataset to the device once: images, integer labels and one-hot labels."""
-        be = self.model.backend
-        if not np.all(np.isfinite(x)):
-            raise ValueError("the training data contains NaN or infinite values")
-        if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"labels must lie in [0, {n_classes}), got values from {y.min()} to {y.max()}")
-        labels = be.asarray(y)
-        return be.asarray(x), labels, one_hot(be.xp, labels, n_classes, be.dtype)
+    # ------------------------------------------------------------------ data
+    def device_data(self, x: Any, y: Any, what: str = "training data") -> DeviceData:
+        """Check a host dataset against the model and copy it to the device once.
 
-    def train_epoch(self, data: tuple[Any, Any, Any], epoch: int, progress: bool = False) -> tuple[Any, Any]:
-        """One pass over ``data`` (from :meth:`device_data`); returns summed loss and correct count, on device."""
-        model, be = self.model, self.model.backend
+        Parameters
+        ----------
+        x : array_like, (N, ...)
+            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype).
+        y : array_like
+            Softmax classifier: integer labels (N,) in [0, C) or one-hot rows (N, C). Binary classifier:
+            0/1 targets (N,) or (N, K). Regression: targets (N,) or (N, K). A 1-d target of a binary model
+            or a regression becomes (N, 1).
+        what : str
+            How errors name this dataset.
+
+        Raises
+        ------
+        ValueError
+            Naming the problem (sizes, NaN, label range, shapes that do not fit the model) before any training.
+        """
+        be, model = self.model.backend, self.model
+        x, y = _host(x, f"{what}: x"), _host(y, f"{what}: y")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"{what}: x must have shape (N, features...) with N >= 1, got {x.shape}")
+        if y.ndim == 0 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{what}: x has {x.shape[0]} samples but y has shape {y.shape}")
+        if x.dtype.kind not in "fiub":
+            raise ValueError(f"{what}: x must hold numbers, got dtype {x.dtype}")
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise ValueError(f"{what}: x contains NaN or infinite values; clean or impute them first")
+        n_out = self._output_shape(be.asarray(x[:1]), what)
+        task = metrics.task_of(model.loss_fn)
+        labels = None
+        if task == "multiclass":
+            n_classes = n_out[-1]
+            if y.ndim == 1:
+                if y.dtype.kind not in "iu":
+                    raise ValueError(f"{what}: class labels must be integers, got dtype {y.dtype}; "
+                                     "convert whole-number labels with y.astype(int)")
+                if y.min() < 0 or y.max() >= n_classes:
+                    raise ValueError(f"{what}: labels must lie in [0, {n_classes}) for this {n_classes}-output "
+                                     f"model, got values from {y.min()} to {y.max()}")
+                labels = be.asarray(y)
+                targets = one_hot(be.xp, labels, n_classes, be.dtype)
+            else:
+                if y.shape[1:] != (n_classes,) or y.dtype.kind != "f":
+                    raise ValueError(f"{what}: one-hot targets must be floats of shape (N, {n_classes}), "
+                                     f"got {y.dtype} {y.shape}")
+                labels = be.asarray(np.argmax(y, axis=1))
+                targets = be.asarray(y)
+        else:
+            if y.dtype.kind not in "fiub":
+                raise ValueError(f"{what}: y must hold numbers, got dtype {y.dtype}")
+            y = y.astype(np.float64).reshape(y.shape[0], -1) if y.ndim == 1 else y.astype(np.float64)
+            if not np.all(np.isfinite(y)):
+                raise ValueError(f"{what}: y contains NaN or infinite values")
+            if y.shape[1:] != tuple(n_out):
+                raise ValueError(f"{what}: targets have shape {y.shape}, the model outputs (N, "
+                                 f"{', '.join(map(str, n_out))})")
+            if task == "binary" and (y.min() < 0 or y.max() > 1):
+                raise ValueError(f"{what}: binary targets must lie in [0, 1], got values from {y.min()} to {y.max()}")
+            targets = be.asarray(y)
+        return DeviceData(be.asarray(x), targets, labels)
+
+    def _output_shape(self, sample: Any, what: str) -> tuple[int, ...]:
+        try:
+            out = self.model.predict(sample)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{what} does not fit the model: {error}") from None
+        return tuple(out.shape[1:])
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, data: DeviceData, index: int, progress: bool = False) -> dict[str, Any]:
+        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds shuffle and dropout).
+
+        Returns this rank's sums as device arrays (nothing is read back): ``loss`` (Σ batch loss × batch
+        size), ``correct`` (or None), ``first`` (the first batch's loss × its size), ``first_n``, ``n``.
+        """
+        model, be, comm = self.model, self.model.backend, self.comm
         xp = be.xp
-        x, labels, targets = data
-        n = x.shape[0]
+        n = data.n
         batch = n if self.batch_size is None else min(self.batch_size, n)
+        if batch < comm.size:
+            raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
-            self.optimizer.lr = self.base_lr * self.schedule(epoch)
-        model.reseed(epoch)
+            self.optimizer.lr = self.base_lr * self.schedule(index)
+        model.reseed(index) if comm.size == 1 else model.reseed(index, comm.rank)
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
-            order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch]).permutation(n))
-            x, labels, targets = (xp.take(a, order, axis=0) for a in (x, labels, targets))
+            data = data.take(be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n)))
         losses, hits, sizes = [], [], []
-        steps = math.ceil(n / batch)
-        # device_data() checked the data once; checking every batch again would wait for the device.
-        checking, model.check_values = model.check_values, False
+        checking, model.check_values = model.check_values, False  # the data was checked once, up front
         with _restore_checks(model, checking), \
-                ProgressBar(steps, f"epoch {epoch + 1}", unit="batches", enabled=progress) as bar:
+                ProgressBar(math.ceil(n / batch), f"epoch {index + 1}", unit="batches", enabled=progress) as bar:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
-                logits = model.predict(x[start:stop, ...], train=True)
-                loss = model.loss_fn(logits, targets[start:stop, ...])
+                lo, hi = comm.shard(start, stop)
+                part = data.rows(lo, hi)
+                logits = model.predict(part.x, train=True)
+                loss = model.loss_fn(logits, part.targets)
                 model.backward()
+                comm.allreduce_gradients(model, hi - lo, stop - start)
                 self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
                 losses.append(loss)
-                hits.append(xp.count_nonzero(xp.argmax(logits, axis=1) == labels[start:stop]))
-                sizes.append(stop - start)
+                sizes.append(hi - lo)
+                hit = metrics.count_correct(model.loss_fn, logits, part.targets if part.labels is None else part.labels)
+                if hit is not None:
+                    hits.append(hit)
                 bar.update()
-        loss_sum = xp.sum(xp.stack(losses) * be.asarray(np.asarray(sizes, dtype=np.float64)))
-        return loss_sum, xp.sum(xp.stack(hits))
+        weights = be.asarray(np.asarray(sizes, dtype=np.float64))
+        return {"loss": xp.sum(xp.stack(losses) * weights), "correct": xp.sum(xp.stack(hits)) if hits else None,
+                "first": losses[0] * sizes[0], "first_n": sizes[0], "n": sum(sizes)}
 
-    def run_epoch(self, data: tuple[Any, Any, Any], epoch: int, evaluations: dict[str, tuple[Any, Any]],
-                  progress: bool = False) -> EpochResult:
-        """Train one epoch, evaluate on each named set, and read every number back once."""
-        be = self.model.backend
-        n = data[0].shape[0]
-        start = time.perf_counter()
-        loss_sum, correct = self.train_epoch(data, epoch, progress)
-        checking, self.model.check_values = self.model.check_values, False
-        with _restore_checks(self.model, checking):
-            scores = {name: self.model.evaluate(x, t) for name, (x, t) in evaluations.items()}
-        train_loss = be.item(loss_sum) / n  # the first read: waits for the device
+    def evaluate(self, data: DeviceData) -> tuple[Any, Any]:
+        """This rank's share of ``data`` in evaluation mode: (Σ loss × samples, correct count or None), on device."""
+        model, xp = self.model, self.model.backend.xp
+        lo, hi = self.comm.shard(0, data.n)
+        total = self.model.backend.zeros(())
+        correct = None
+        checking, model.check_values = model.check_values, False
+        with _restore_checks(model, checking):
+            for start in range(lo, hi, self.eval_batch_size):
+                part = data.rows(start, min(start + self.eval_batch_size, hi))
+                logits = model.predict(part.x)
+                total = total + model.loss_fn(logits, part.targets) * part.n
+                hit = metrics.count_correct(model.loss_fn, logits, part.targets if part.labels is None else part.labels)
+                if hit is not None:
+                    correct = hit if correct is None else correct + hit
+        if correct is None and metrics.has_accuracy(model.loss_fn):
+            correct = xp.zeros((), dtype=xp.int64)
+        return total, correct
+
+    def run_epoch(self, data: DeviceData, index: int, evaluations: dict[str, DeviceData] | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+        """Train the epoch with 0-based ``index``, evaluate each named set, read every number back once.
+
+        Returns the epoch's row (``"epoch": index + 1``, 1-based as printed). Raises DivergenceError.
+        """
+        evaluations = evaluations or {}
+        be, start = self.model.backend, time.perf_counter()
+        sums = self.train_epoch(data, index, progress)
+        scores = {name: self.evaluate(d) for name, d in evaluations.items()}
+        xp = be.xp
+        params = list(self.model.named_parameters().values())
+        bad_weights = xp.count_nonzero(xp.logical_not(xp.stack([xp.all(xp.isfinite(p)) for p in params])))
+        local = [sums["loss"], sums["n"], sums["correct"], sums["first"], sums["first_n"], bad_weights]
+        for loss_sum, correct in scores.values():
+            local += [loss_sum, correct]
+        values = self.comm.sum(_read_all(be, local))
         seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            raise DivergenceError(f"training diverged in epoch {epoch + 1} (loss {train_loss})")
-        read = {name: (be.item(loss), int(be.item(hits)) / x.shape[0])
-                for (name, (loss, hits)), (x, _) in zip(scores.items(), evaluations.values(), strict=True)}
-        test = read.get("test", (None, None))
-        val = read.get("val", (None, None))
-        return EpochResult(
-            epoch=epoch + 1, train_loss=train_loss, train_accuracy=int(be.item(correct)) / n,
-            test_loss=test[0], test_accuracy=test[1], val_loss=val[0], val_accuracy=val[1],
-            seconds=seconds, samples_per_second=n / seconds, lr=self.optimizer.lr,
-        )
+        loss_sum, n, correct, first, first_n, bad_weights = values[:6]
+        train_loss = loss_sum / n
+        if self.reference_loss is None:
+            self.reference_loss = first / first_n
+        row: dict[str, Any] = {"epoch": index + 1, "train_loss": train_loss}
+        if sums["correct"] is not None:
+            row["train_accuracy"] = correct / n
+        for offset, (name, d) in enumerate(evaluations.items()):
+            e_loss, e_correct = values[6 + 2 * offset: 8 + 2 * offset]
+            row[f"{name}_loss"] = e_loss / d.n
+            if not math.isnan(e_correct):
+                row[f"{name}_accuracy"] = e_correct / d.n
+        row.update(seconds=seconds, samples_per_second=n / seconds, lr=self.optimizer.lr)
+        self._check_divergence(row, bad_weights)
+        return row
+
+    def _check_divergence(self, row: dict[str, Any], bad_weights: float) -> None:
+        epoch, loss = row["epoch"], row["train_loss"]
+        problem = None
+        if not math.isfinite(loss):
+            problem = f"training loss {loss}"
+        elif bad_weights:
+            problem = f"{int(bad_weights)} parameter arrays hold NaN or infinite values"
+        elif self.divergence_factor and loss > self.divergence_factor * max(self.reference_loss, 1e-12):
+            problem = (f"training loss {loss:.4g}, more than {self.divergence_factor:g} times the "
+                       f"{self.reference_loss:.4g} it started from")
+        else:
+            bad = [k for k, v in row.items() if k.endswith("_loss") and not math.isfinite(v)]
+            if bad:
+                problem = f"{bad[0].removesuffix('_loss')} loss {row[bad[0]]}"
+        if problem:
+            raise DivergenceError(f"training diverged in epoch {epoch} ({problem})")
+
+    # ------------------------------------------------------------------ the loop
+    def snapshot(self) -> dict[str, Any]:
+        """Copies of the model's parameters and buffers on the device (for :meth:`Sequential.load_state_dict`)."""
+        xp = self.model.backend.xp
+        return {name: xp.asarray(value, copy=True) for name, value in self.model.state_dict().items()}
+
+    def fit(self, x: Any, y: Any, *, epochs: int = 10, validation_data: tuple[Any, Any] | None = None,
+            validation_split: float = 0.0, eval_sets: dict[str, tuple[Any, Any]] | None = None,
+            callbacks: Iterable[Callback] = (), initial_epoch: int = 0, verbose: bool = True,
+            progress: bool = True) -> History:
+        """Train for ``epochs`` epochs (counting those before ``initial_epoch``); see :func:`xpnn.fit`."""
+        if not isinstance(epochs, int | np.integer) or epochs < 1:
+            raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+        if not isinstance(initial_epoch, int | np.integer) or not 0 <= initial_epoch <= epochs:
+            raise ValueError(f"fit: initial_epoch must be an integer in [0, epochs={epochs}], got {initial_epoch!r}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("fit: pass validation_data or validation_split, not both")
+        x, y = _host(x, "fit: x"), _host(y, "fit: y")
+        sets: dict[str, tuple[Any, Any]] = {}
+        if validation_split:
+            x, y, sets["val"] = _split(x, y, validation_split, self.seed)
+        elif validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            sets["val"] = tuple(validation_data)
+        for name, pair in (eval_sets or {}).items():
+            if name in sets or name == "train" or not str(name).isidentifier():
+                raise ValueError(f"fit: evaluation set name {name!r} is taken or not a plain name")
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise ValueError(f"fit: eval_sets[{name!r}] must be a pair (x, y)")
+            sets[name] = tuple(pair)
+        data = self.device_data(x, y)
+        evaluations = {name: self.device_data(*pair, what=f"{name} data") for name, pair in sets.items()}
+        callbacks = list(callbacks)
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"fit: {callback!r} is not an xpnn.callbacks.Callback")
+        self.comm.broadcast_parameters(self.model)
+        self.stop_training = False
+        for callback in callbacks:
+            callback.on_train_begin(self)
+        last_good = self.snapshot()
+        with np.errstate(all="ignore"):  # overflow is reported once, as divergence, not as warnings
+            for index in range(initial_epoch, epochs):
+                try:
+                    row = self.run_epoch(data, index, evaluations, progress=progress and self.comm.is_root)
+                except DivergenceError:
+                    self.model.load_state_dict(last_good)  # what the model keeps is the last good epoch
+                    raise
+                self.history.append(row)
+                if verbose and self.comm.is_root:
+                    print(format_row(row, epochs), flush=True)
+                last_good = self.snapshot()
+                for callback in callbacks:
+                    callback.on_epoch_end(self, row)
+                if self.stop_training:
+                    break
+        for callback in callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+
+def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int = 10, batch_size: int | None = 128,
+        validation_data: tuple[Any, Any] | None = None, validation_split: float = 0.0,
+        eval_sets: dict[str, tuple[Any, Any]] | None = None, schedule: str | Callable[[int], float] | None = None,
+        callbacks: Sequence[Callback] = (), seed: int = 0, verbose: bool = True, progress: bool = True,
+        comm: Any = None) -> History:
+    """Train ``model`` on host data, as Keras' ``model.fit`` does, and return its history.
+
+    Parameters
+    ----------
+    model : Sequential
+        Softmax classifier, binary classifier (BCEWithLogits) or regression (MeanSquaredError).
+    optimizer : Optimizer
+        E.g. ``xpnn.optim.Adam(model, lr=1e-3)``.
+    x : array_like, (N, ...)
+        Inputs on the host (NumPy arrays or lists); copied to the model's device once.
+    y : array_like
+        Integer labels (N,) or one-hot rows (N, C) for a softmax classifier; 0/1 targets (N,) or (N, K)
+        for a binary one; targets (N,) or (N, K) for a regression.
+    epochs : int
+        Number of passes over the data.
+    batch_size : int or None
+        Samples per step; None trains full batch (one step per epoch).
+    validation_data : (x_val, y_val), optional
+        Evaluated after every epoch as ``val_loss`` / ``val_accuracy``.
+    validation_split : float
+        Or hold out this fraction of ``x`` (a seeded random subset) as validation data.
+    eval_sets : dict of name -> (x, y), optional
+        More sets evaluated after every epoch, e.g. ``{"test": (x_test, y_test)}`` -> ``test_loss``.
+    schedule : {"constant", "step", "cosine"} or callable, optional
+        Learning-rate factor per 0-based epoch; a name is resolved over ``epochs``.
+    callbacks : sequence of Callback
+        E.g. ``[xpnn.EarlyStopping(patience=3)]``; called after every epoch.
+    seed : int
+        Seeds the shuffles and the validation split.
+    verbose : bool
+        Print one line per epoch.
+    progress : bool
+        Show a progress bar within each epoch (only on a terminal).
+    comm : communicator, optional
+        For data-parallel training over MPI (see :mod:`xpnn.distributed`).
+
+    Returns
+    -------
+    History
+        One dict per epoch (``history["val_loss"]`` gives a column).
+
+    Raises
+    ------
+    ValueError
+        Before training, when the data does not fit the model (shapes, label range, NaN).
+    DivergenceError
+        When a loss or weight becomes non-finite or the loss explodes; the model is put back to the
+        parameters of the last good epoch.
+
+    Examples
+    --------
+    >>> import numpy as np, xpnn
+    >>> x = np.random.default_rng(0).normal(size=(200, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype(int)
+    >>> model = xpnn.mlp([4, 8, 2], seed=0)
+    >>> history = xpnn.fit(model, xpnn.optim.Adam(model, lr=0.01), x, y, epochs=3, verbose=False,
+    ...                    validation_split=0.2, callbacks=[xpnn.EarlyStopping(patience=2)])
+    >>> len(history), sorted(history[0])[:3]
+    (3, ['epoch', 'lr', 'samples_per_second'])
+    """
+    if isinstance(schedule, str):
+        schedule = get_schedule(schedule, epochs)
+    trainer = Trainer(model, optimizer, batch_size=batch_size, schedule=schedule, seed=seed, comm=comm)
+    return trainer.fit(x, y, epochs=epochs, validation_data=validation_data, validation_split=validation_split,
+                       eval_sets=eval_sets, callbacks=callbacks, verbose=verbose, progress=progress)
+
+
+def format_row(row: dict[str, Any], epochs: int) -> str:
+    """One epoch as a line: ``epoch 3/20  train loss 0.4123 acc 85.12%  val loss ...  2.1 s  28,000 samples/s``."""
+    line = f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"
+    names = ["train"] + [key[:-5] for key in row if key.endswith("_loss") and key != "train_loss"]
+    for name in names:
+        line += f"  {name} loss {row[f'{name}_loss']:.4f}"
+        if f"{name}_accuracy" in row:
+            line += f" acc {row[f'{name}_accuracy']:6.2%}"
+    return line + f"  {row['seconds']:5.1f} s  {row['samples_per_second']:,.0f} samples/s"
+
+
+def _read_all(be: Any, values: list[Any]) -> np.ndarray:
+    """Device scalars, Python numbers and None (as NaN) as one float64 vector, with a single read-back."""
+    xp = be.xp
+    on_device = [i for i, v in enumerate(values) if hasattr(v, "shape")]
+    out = np.array([np.nan if v is None else v if i not in on_device else 0.0 for i, v in enumerate(values)],
+                   dtype=np.float64)
+    if on_device:
+        out[on_device] = be.to_numpy(xp.stack([xp.astype(values[i], xp.float64) for i in on_device]))
+    return out
+
+
+def _host(a: Any, what: str) -> np.ndarray:
+    """A NumPy view of host data; arrays of a device library must be copied by the caller, deliberately."""
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, list | tuple) or np.isscalar(a):
+        return np.asarray(a)
+    module = type(a).__module__.split(".")[0]
+    if module in ("numpy", "array_api_strict"):
+        return np.asarray(a)
+    raise TypeError(f"{what}: fit() takes host data (NumPy arrays or lists), got {type(a).__module__}."
+                    f"{type(a).__name__}; copy it to NumPy first (e.g. backend.to_numpy(a))")
+
+
+def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, Any, tuple[Any, Any]]:
+    n = x.shape[0]
+    n_val = round(n * fraction)
+    if not 1 <= n_val < n:
+        raise ValueError(f"fit: validation_split={fraction} leaves {n_val} of {n} samples for validation")
+    order = np.random.default_rng([seed, SHUFFLE_STREAM, 2**31]).permutation(n)
+    train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+    return x[train], y[train], (x[val], y[val])
 
 
 @contextlib.contextmanager
@@ -147,56 +485,3 @@ def _restore_checks(model: Sequential, checking: bool) -> Iterator[None]:
         yield
     finally:
         model.check_values = checking
-
-
-def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer, epoch: int,
-                    history: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
-    """Write model, optimizer state, completed epoch count and history to one ``.npz``, atomically.
-
-    The random state needs no arrays: shuffles and dropout masks are derived from (seed, epoch).
-    """
-    be = model.backend
-    arrays = {f"model.{k}": be.to_numpy(v) for k, v in model.state_dict().items()}
-    optimizer_state = optimizer.state_dict()
-    arrays.update({f"optim.{k}": be.to_numpy(v) for k, v in optimizer_state.items() if hasattr(v, "shape")})
-    scalars = {k: v for k, v in optimizer_state.items() if not hasattr(v, "shape")}
-    header = {
-        "kind": "checkpoint", "config": model.config(), "epoch": epoch, "seed": model.seed,
-        "optimizer": {"type": type(optimizer).__name__, **scalars}, "history": history, "settings": settings,
-    }
-    return write_npz(path, arrays, header)
-
-
-def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer) -> dict[str, Any]:
-    """Restore a checkpoint into ``model`` and ``optimizer``; returns its header (epoch, history, settings).
-
-    Raises
-    ------
-    FormatError
-        When the checkpoint was written for another architecture or optimizer.
-    """
-    arrays, header = read_npz(path, "checkpoint")
-    if header["config"] != model.config():
-        raise FormatError(
-            f"{path}: checkpoint of a different architecture ({_describe(header['config'])}), "
-            f"this run builds {_describe(model.config())}"
-        )
-    saved_optimizer = header["optimizer"]["type"]
-    if saved_optimizer != type(optimizer).__name__:
-        raise FormatError(f"{path}: checkpoint was trained with {saved_optimizer}, this run uses "
-                          f"{type(optimizer).__name__}; pass the same --optimizer")
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")}, source=str(path))
-    state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
-    state.update({k: v for k, v in header["optimizer"].items() if k != "type"})
-    optimizer.load_state_dict(state)
-    return header
-
-
-def _describe(config: dict[str, Any]) -> str:
-    parts = []
-    for layer in config["layers"]:
-        if layer["type"] == "Affine":
-            parts.append(f"{layer['n_in']}-{layer['n_out']}")
-        else:
-            parts.append(layer["type"])
-    return " ".join(parts)
