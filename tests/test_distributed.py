@@ -197,14 +197,15 @@ comm.barrier()
     assert result.returncode == 4, result.stderr[-2000:]
 
 
-def test_under_mpirun_without_mpi4py_every_rank_says_how_to_install_it(tmp_path):
+def test_under_mpirun_without_mpi4py_the_job_fails_saying_how_to_install_it(tmp_path):
     blocker = tmp_path / "mpi4py"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('No module named mpi4py (blocked by the test)')\n")
     script = "from xpnn.distributed import communicator; communicator()"
     result = mpirun(script, timeout=60, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
     assert result.returncode != 0
-    assert result.stderr.count("needs mpi4py, which is not installed; install it with pip install 'xpnn[mpi]'") == 2
+    # mpirun ends the job at the first failing rank: the other may not have printed yet
+    assert "needs mpi4py, which is not installed; install it with pip install 'xpnn[mpi]'" in result.stderr
 
 
 # ---------------------------------------------------------------------- without a launcher
@@ -261,6 +262,19 @@ def test_shards_cover_the_global_batch_in_order_and_differ_by_at_most_one(size, 
         assert hi == lo
     sizes = [hi - lo for lo, hi in parts]
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    comm = sharded(3, 4)
+    comm.local_rank = 3
+    assert distributed.rank_device("gpu", comm) == "cuda:1"
+    assert distributed.rank_device("cuda:0", comm) == "cuda:0"  # an explicit GPU is the user's choice
+    assert distributed.rank_device("cpu", comm) == "cpu"
+    assert distributed.rank_device("gpu", Local()) == "gpu"
 
 
 def test_local_is_the_identity():
@@ -338,3 +352,140 @@ def test_an_unknown_transport_is_refused():
         pytest.skip("mpi4py is not installed (pip install '.[mpi]')")
     with pytest.raises(ValueError, match="transport must be one of"):
         MPICommunicator(TwinComm(), transport="carrier-pigeon", abort_on_exception=False)
+
+
+# ---------------------------------------------------------------------- the command line on 2 ranks
+# python -m xpnn.train on every rank, with every file write recorded per rank (rank 0 alone must write).
+CLI_SCRIPT = """
+import json, sys
+from pathlib import Path
+import xpnn.serialization, xpnn.train as cli
+from xpnn.distributed import launcher_environment
+
+writes = []
+def spy(write):
+    def recorded(path, *args, **kwargs):
+        writes.append(Path(path).name)
+        return write(path, *args, **kwargs)
+    return recorded
+xpnn.serialization.atomic_write = spy(xpnn.serialization.atomic_write)
+cli.atomic_write = spy(cli.atomic_write)
+log, argv = Path(sys.argv[1]), sys.argv[2:]
+code = cli.main(argv)
+rank = (launcher_environment() or (0,))[0] or 0
+(log / f"writes-rank{rank}.json").write_text(json.dumps(writes))
+sys.exit(code)
+"""
+
+CLI_FLAGS = ["--epochs", "3", "--batch-size", "50", "--hidden", "16", "--lr", "0.01", "--dropout", "0",
+             "--schedule", "constant"]
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+@pytest.fixture(scope="module")
+def cli_dataset(tmp_path_factory) -> Path:
+    from tests.idx import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=403)  # 403: the last batch of 3 splits 1 + 2
+
+
+def cli_on_ranks(dataset: Path, out: Path, *flags: str, n: int = 2) -> subprocess.CompletedProcess:
+    out.mkdir(exist_ok=True)
+    return mpirun(CLI_SCRIPT, str(out), "--data-dir", str(dataset), *flags, n=n)
+
+
+def cli_in_process(dataset: Path, *flags: str) -> int:
+    from xpnn import train as cli
+
+    return cli.main(["--data-dir", str(dataset), "--quiet", *flags])
+
+
+def metrics_rows(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_losses(got: list[dict], expected: list[dict], rtol: float) -> None:
+    assert [row["epoch"] for row in got] == [row["epoch"] for row in expected]
+    for mine, theirs in zip(got, expected, strict=True):
+        for key in METRICS:
+            assert mine[key] == pytest.approx(theirs[key], rel=rtol, abs=0), (mine["epoch"], key)
+
+
+# 403 samples: batches of 50 end with 3 (1 + 2 on the ranks), batches of 67 with 1 (rank 0 holds nothing).
+@pytest.mark.parametrize("batch", [["--batch-size", "50"], ["--batch-size", "67"], ["--full-batch", "--lr", "0.05"]],
+                         ids=["batch50", "batch67", "full"])
+def test_cli_on_two_ranks_gives_the_losses_of_one_process(cli_dataset, tmp_path, capsys, batch):
+    result = cli_on_ranks(cli_dataset, tmp_path / "mpi", *CLI_FLAGS, *batch, "--metrics", str(tmp_path / "two.jsonl"),
+                          "--save", str(tmp_path / "two.npz"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert cli_in_process(cli_dataset, *CLI_FLAGS, *batch, "--metrics", str(tmp_path / "one.jsonl")) == 0
+    two, one = metrics_rows(tmp_path / "two.jsonl"), metrics_rows(tmp_path / "one.jsonl")
+    assert two[-1]["train_loss"] < two[0]["train_loss"]
+    # float32 training: the two runs add the same gradients in another order
+    assert_same_losses(two, one, rtol=2e-5)
+    # rank 0 alone prints and writes: each epoch line once, every file from rank 0 only
+    assert result.stdout.count("epoch 1/3") == 1 and result.stdout.count("done: 3 epochs") == 1
+    assert "x 2 processes" in result.stdout
+    import json
+
+    assert json.loads((tmp_path / "mpi" / "writes-rank1.json").read_text()) == []
+    rank0 = json.loads((tmp_path / "mpi" / "writes-rank0.json").read_text())
+    assert rank0.count("two.jsonl") == 3 and rank0.count("two.npz") == 4  # epoch 0 (before training) to 3
+
+
+def test_cli_resumed_on_two_ranks_equals_the_uninterrupted_run(cli_dataset, tmp_path):
+    flags = ["--batch-size", "50", "--hidden", "16", "--lr", "0.01", "--schedule", "constant",
+             "--dropout", "0.2"]  # dropout on: each rank's own masks must come back too
+    straight = cli_on_ranks(cli_dataset, tmp_path / "a", "--epochs", "4", *flags,
+                            "--metrics", str(tmp_path / "a.jsonl"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = cli_on_ranks(cli_dataset, tmp_path / "b", "--epochs", "2", *flags, "--save", str(tmp_path / "b.npz"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = cli_on_ranks(cli_dataset, tmp_path / "c", "--epochs", "4", "--resume", str(tmp_path / "b.npz"),
+                           "--metrics", str(tmp_path / "c.jsonl"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    a, c = metrics_rows(tmp_path / "a.jsonl"), metrics_rows(tmp_path / "c.jsonl")
+    assert len(a) == len(c) == 4
+    for mine, theirs in zip(c, a, strict=True):
+        assert {k: mine[k] for k in METRICS} == {k: theirs[k] for k in METRICS}  # exact
+
+
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process(cli_dataset, tmp_path):
+    first = cli_on_ranks(cli_dataset, tmp_path / "b", "--epochs", "2", *CLI_FLAGS[2:],
+                         "--save", str(tmp_path / "b.npz"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert cli_in_process(cli_dataset, "--epochs", "3", "--resume", str(tmp_path / "b.npz"),
+                          "--metrics", str(tmp_path / "c.jsonl")) == 0
+    assert cli_in_process(cli_dataset, *CLI_FLAGS, "--metrics", str(tmp_path / "one.jsonl")) == 0
+    assert_same_losses(metrics_rows(tmp_path / "c.jsonl"), metrics_rows(tmp_path / "one.jsonl"), rtol=2e-5)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "-1"], "argument --lr: must be a positive finite number"),
+    (["--data-dir", "/nonexistent/xpnn"], "error:"),
+    (["--batch-size", "100000"], "--batch-size 100000 is larger than the training set"),
+], ids=["flag", "data", "usage"])
+def test_cli_errors_on_two_ranks_give_one_line_and_fail(cli_dataset, tmp_path, flags, message):
+    start = time.monotonic()
+    result = cli_on_ranks(cli_dataset, tmp_path / "out", *CLI_FLAGS, *flags)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("python -m xpnn.train", "[rank"))]
+    assert len(ours) == 1 and message in ours[0], result.stderr[-2000:]
+    assert "MPI_ABORT" not in result.stderr  # every rank failed alike and left quietly
+
+
+def test_cli_under_mpirun_without_mpi4py_says_so_once(cli_dataset, tmp_path):
+    blocker = tmp_path / "mpi4py"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('No module named mpi4py (blocked by the test)')\n")
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not installed (pip install '.[mpi]')")
+    result = subprocess.run([*distributed.mpirun_command(2), sys.executable, "-m", "xpnn.train", "--data-dir",
+                             str(cli_dataset), *CLI_FLAGS], capture_output=True, text=True, timeout=60,
+                            env=child_env({"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}))
+    assert result.returncode == 2
+    assert result.stderr.count("needs mpi4py, which is not installed") == 1

@@ -26,7 +26,7 @@ import numpy as np
 from .backend import to_numpy
 
 __all__ = ["TRANSPORTS", "DistributedError", "Local", "MPICommunicator", "communicator", "launcher_environment",
-           "mpirun_command"]
+           "mpirun_command", "rank_device"]
 
 # Variables a launcher sets in every process it starts: Open MPI, MPICH/Intel MPI (Hydra), MVAPICH, PMIx.
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -84,8 +84,10 @@ class Local:
         sys.stderr.flush()
         os._exit(code)
 
-    def finish(self, code: int, timeout: float = 10.0) -> int:
+    def finish(self, code: int, message: str = "", timeout: float = 10.0) -> int:
         """The exit status to leave with, once every rank has finished too (see :meth:`MPICommunicator.finish`)."""
+        if code != 0 and message:
+            sys.stderr.write(message)
         return code
 
 
@@ -230,7 +232,7 @@ class MPICommunicator(Local):
         sys.stderr.flush()
         self.comm.Abort(code)
 
-    def finish(self, code: int, timeout: float = 10.0) -> int:
+    def finish(self, code: int, message: str = "", timeout: float = 10.0) -> int:
         """Wait for every rank to finish, then return ``code``: the exit status this rank leaves with.
 
         A rank that leaves while another still waits in a collective would hang the job (MPI_Finalize
@@ -238,13 +240,27 @@ class MPICommunicator(Local):
         ``code == 0`` waits for the others, a rank leaving with an error waits ``timeout`` seconds and then
         aborts the whole job with ``code``. When every rank fails alike (bad flags) nobody aborts and each
         exits quietly with its status.
+
+        Parameters
+        ----------
+        code : int
+            This rank's exit status.
+        message : str
+            What this rank would say about its failure, held back so that the job prints one message:
+            written to stderr only when rank 0 did not fail, or just before aborting.
+        timeout : float
+            Seconds a failed rank waits for the others.
         """
         request = self._exit_comm.Ibarrier()
         deadline = time.monotonic() + timeout
         while not request.Test():
             if code != 0 and time.monotonic() > deadline:
+                sys.stderr.write(message)
                 self.abort(code)
             time.sleep(0.002)  # polling, not spinning: a finished rank leaves its core to the others
+        root_code = self._exit_comm.bcast(code, root=0)
+        if code != 0 and root_code == 0:
+            sys.stderr.write(message)
         return code
 
     def __repr__(self) -> str:
@@ -422,6 +438,33 @@ def communicator(transport: str = "host") -> Local:
         return Local()
     comm = MPICommunicator(transport=transport)
     return comm if comm.size > 1 else Local()
+
+
+def rank_device(spec: str, comm: Local) -> str:
+    """The device of this rank for a device string: GPU ``local_rank % device_count`` for a bare ``"gpu"``.
+
+    ``"gpu"``, ``"cuda"``, ``"cupy"`` and ``"torch:cuda"`` name no GPU; with several ranks each takes its own,
+    so the ranks of one machine spread over its GPUs. A string with an index (``"cuda:1"``), a CPU device,
+    or a single process is returned unchanged.
+    """
+    key = spec.strip().lower()
+    if comm.size == 1 or key not in ("gpu", "cuda", "cupy", "torch:cuda"):
+        return spec
+    try:
+        if key == "torch:cuda":
+            import torch
+
+            count = torch.cuda.device_count()
+        else:
+            import cupy
+
+            count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no library or no driver: get_backend() says so in its own words
+        return spec
+    if count == 0:
+        return spec
+    index = comm.local_rank % count
+    return f"torch:cuda:{index}" if key == "torch:cuda" else f"cuda:{index}"
 
 
 def mpirun_command(n_ranks: int, mpirun: str | os.PathLike | None = None) -> list[str]:

@@ -6,12 +6,17 @@
 The flags follow pytorch/examples' mnist/main.py; ``python -m xpnn.train --help`` lists them all. The
 command is a thin layer over :func:`xpnn.fit`: it parses flags, loads data, builds the model and passes
 callbacks that print, checkpoint and write metrics.
+
+Started by an MPI launcher with more than one rank (``mpirun -n 4 python -m xpnn.train ...``) it trains
+data-parallel: every rank takes its part of each global batch, rank 0 alone prints and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import math
 import sys
@@ -24,6 +29,7 @@ from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
+from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
@@ -223,10 +229,12 @@ def data_fingerprint(x: Any, y: Any) -> str:
 class Run:
     """Everything one invocation builds, so that the steps below stay short."""
 
-    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None):
+    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None, comm: Any = None):
         self.args = args
-        self.say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-        self.backend = get_backend(args.device)
+        self.comm = Local() if comm is None else comm
+        quiet = args.quiet or not self.comm.is_root
+        self.say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+        self.backend = get_backend(rank_device(args.device, self.comm))
         self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
         self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
@@ -242,7 +250,7 @@ class Run:
             options["momentum"] = args.momentum
         self.optimizer = get_optimizer(args.optimizer, self.model, args.lr, **options)
         self.trainer = Trainer(self.model, self.optimizer, batch_size=None if args.full_batch else args.batch_size,
-                               schedule=get_schedule(args.schedule, args.epochs), seed=args.seed)
+                               schedule=get_schedule(args.schedule, args.epochs), seed=args.seed, comm=self.comm)
         self.start_epoch = 0
         self.saved_epoch: int | None = None
 
@@ -282,8 +290,9 @@ class Run:
 
     def checkpoint(self, epoch: int) -> None:
         if self.args.save:
-            save_checkpoint(self.args.save, self.model, self.optimizer, epoch, self.trainer.history.rows,
-                            self.settings())
+            if self.comm.is_root:
+                save_checkpoint(self.args.save, self.model, self.optimizer, epoch, self.trainer.history.rows,
+                                self.settings())
             self.saved_epoch = epoch
 
     def describe(self) -> str:
@@ -293,8 +302,9 @@ class Run:
         else:
             kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
         batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
+        ranks = f" x {self.comm.size} processes" if self.comm.size > 1 else ""
         return (f"{kind} ({self.model.n_parameters:,} parameters) on {d.name} "
-                f"({d.x_train.shape[0]:,} train / {d.x_test.shape[0]:,} test) with {self.backend.name}, "
+                f"({d.x_train.shape[0]:,} train / {d.x_test.shape[0]:,} test) with {self.backend.name}{ranks}, "
                 f"{a.optimizer} lr {a.lr} ({a.schedule}), {batch}, dropout {a.dropout}, seed {a.seed}")
 
 
@@ -306,7 +316,7 @@ class _EpochEnd(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         self.run.checkpoint(row["epoch"])
-        if self.run.args.metrics:
+        if self.run.args.metrics and self.run.comm.is_root:
             write_metrics(self.run.args.metrics, trainer.history.rows)
 
 
@@ -341,7 +351,7 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
+def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = None) -> int:
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -353,7 +363,7 @@ def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
         saved = header.get("settings") if isinstance(header.get("settings"), dict) else {}
     for warning in apply_defaults(args, set() if given is None else given, saved):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    run = Run(args, saved)
+    run = Run(args, saved, comm)
     if args.resume:
         run.resume(args.resume)
     run.say(f"xpnn: {run.describe()}")
@@ -379,6 +389,8 @@ def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
                 if args.save and run.saved_epoch is not None else "")
         print(f"{PROG}: error: {error}: try a smaller --lr (now {args.lr}){kept}", file=sys.stderr)
         return 1
+    if not run.comm.is_root:
+        return 0
     if args.plot and len(history):
         plot_history(args.plot, history.rows, run.describe())
     if len(history):
@@ -392,12 +404,58 @@ def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m xpnn.train``; returns the exit status."""
+    """Entry point of ``python -m xpnn.train``; returns the exit status.
+
+    Under an MPI launcher with more than one rank, training is data-parallel; the ranks other than 0
+    keep quiet, and every rank leaves with a non-zero status when any fails (see
+    :meth:`xpnn.distributed.MPICommunicator.finish`).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    launched = launcher_environment()
+    root = launched is None or not launched[0]
+    # Before MPI starts, a failing rank cannot wait for the others; mpirun ends the job at the first
+    # non-zero exit, so the silent ranks give rank 0 a moment to say why.
+    with _quiet_unless(root):
+        try:
+            args = parser.parse_args(argv)  # bad flags: every rank exits 2, rank 0 says why
+        except SystemExit:
+            if not root:
+                time.sleep(1)
+            raise
     try:
-        return train(args, given_flags(parser, argv))
+        comm = communicator()
+    except DistributedError as error:
+        if root:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+        else:
+            time.sleep(1)
+        return 2
+    held, usage = io.StringIO(), False
+    with _quiet_unless(comm.is_root, held):
+        try:
+            code = _main(parser, args, argv, comm)
+        except SystemExit as error:  # parser.error(): a flag found wrong once the data is known
+            code, usage = int(error.code or 0), True
+    code = comm.finish(code, "".join(f"[rank {comm.rank}] {line}" for line in held.getvalue().splitlines(True)))
+    if usage:
+        sys.exit(code)
+    return code
+
+
+@contextlib.contextmanager
+def _quiet_unless(speaking: bool, stderr: io.StringIO | None = None) -> Any:
+    """Silence stdout and hold back stderr on the ranks that do not speak."""
+    if speaking:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr or io.StringIO()):
+        yield
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], comm: Any) -> int:
+    try:
+        return train(args, given_flags(parser, argv), comm)
     except UsageError as error:
         parser.error(str(error))
     except BackendError as error:
@@ -410,9 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory; try a smaller --hidden, --batch-size or --full-batch off",
               file=sys.stderr)
         return 1
-    except (FormatError, FileNotFoundError, ValueError, OSError) as error:
+    except (FormatError, FileNotFoundError, ValueError, OSError, DistributedError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    return 2  # unreachable: parser.error always exits
 
 
 if __name__ == "__main__":

@@ -114,6 +114,8 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self.reference_loss: float | None = None
+        # Full batch over several ranks: fit() gives each rank only its shard of this many samples.
+        self.full_batch_of: int | None = None
 
     # ------------------------------------------------------------------ data
     def device_data(self, x: Any, y: Any, what: str = "training data") -> DeviceData:
@@ -197,7 +199,7 @@ class Trainer:
         xp = be.xp
         n = data.n
         batch = n if self.batch_size is None else min(self.batch_size, n)
-        if batch < comm.size:
+        if (self.full_batch_of or batch) < comm.size:
             raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(index)
@@ -211,6 +213,13 @@ class Trainer:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 lo, hi = comm.shard(start, stop)
+                if self.full_batch_of is not None:  # full batch, sharded: this rank holds only its rows
+                    lo, hi, stop = 0, n, self.full_batch_of
+                if hi == lo:  # a last batch smaller than the number of ranks leaves some ranks nothing
+                    comm.allreduce_gradients(model, 0, stop - start)
+                    self.optimizer.step()
+                    bar.update()
+                    continue
                 part = data.rows(lo, hi)
                 logits = model.predict(part.x, train=True)
                 loss = model.loss_fn(logits, part.targets)
@@ -331,7 +340,18 @@ class Trainer:
             if not isinstance(pair, tuple | list) or len(pair) != 2:
                 raise ValueError(f"fit: eval_sets[{name!r}] must be a pair (x, y)")
             sets[name] = tuple(pair)
-        data = self.device_data(x, y)
+        self.full_batch_of = None
+        if self.batch_size is None and self.comm.size > 1:  # one step over all data: each rank holds its shard
+            lo, hi = self.comm.shard(0, x.shape[0])
+            if hi == lo:
+                raise ValueError(f"fit: {x.shape[0]} samples cannot be shared among {self.comm.size} processes")
+            self.full_batch_of, x, y = x.shape[0], x[lo:hi], y[lo:hi]
+        try:
+            data, problem = self.device_data(x, y), None
+        except ValueError as error:
+            data, problem = None, error
+        if self.comm.any(problem is not None):  # a shard's problem stops every rank, not just its own
+            raise problem or ValueError("fit: another process found a problem in its part of the training data")
         evaluations = {name: self.device_data(*pair, what=f"{name} data") for name, pair in sets.items()}
         callbacks = list(callbacks)
         for callback in callbacks:
