@@ -295,6 +295,7 @@ class TwinComm:
 
     def __init__(self):
         self.calls = 0
+        self.send_addresses: set[int] = set()
 
     def Get_rank(self):  # noqa: N802 (mpi4py's name)
         return 0
@@ -312,9 +313,10 @@ class TwinComm:
         return self
 
     def Allreduce(self, send, receive, op=None):  # noqa: N802 (mpi4py's name)
-        assert isinstance(receive, np.ndarray) and receive.ndim == 1  # one flat host buffer
+        assert isinstance(send, np.ndarray) and send.ndim == 1 and send.shape == receive.shape  # one flat buffer
         self.calls += 1
-        receive *= 2
+        self.send_addresses.add(send.__array_interface__["data"][0])
+        receive[...] = send * 2
 
 
 def test_gradients_travel_in_one_flat_buffer_and_come_back_scaled(backend64, rng):
@@ -344,6 +346,7 @@ def test_gradients_travel_in_one_flat_buffer_and_come_back_scaled(backend64, rng
     # An empty shard contributes nothing: twice zero is zero.
     comm.allreduce_gradients(model, 0, 5)
     assert all(not np.any(backend64.to_numpy(v)) for v in model.named_gradients().values())
+    assert twin.calls == 3 and len(twin.send_addresses) == 1  # one Allreduce per step, from one reused buffer
     assert comm.allreduce_seconds > 0
 
 

@@ -173,26 +173,28 @@ class MPICommunicator(Local):
     def allreduce_gradients(self, model: Any, local_count: int, global_count: int) -> None:
         """Turn each rank's mean gradient over ``local_count`` samples into the mean over ``global_count``.
 
-        Every gradient is scaled to this rank's sum (x ``local_count``) into one flat buffer, the buffers of
-        all ranks are summed by one ``Allreduce`` and the result is divided by ``global_count``. Each
-        layer's ``grads`` then hold new arrays (views of one fresh array), the same on every rank.
+        Every gradient, scaled by ``local_count / global_count``, goes into one preallocated flat buffer;
+        one ``Allreduce`` sums the buffers of all ranks into a fresh array, and each layer's ``grads``
+        become views of it: new arrays, the same on every rank, that later steps leave alone.
         """
         begin = time.perf_counter()
         if self._buffer is None or not self._buffer.matches(model):
             self._buffer = _FlatBuffer(model, pinned=self.transport == "host")
         buffer = self._buffer
-        flat = buffer.pack(model, local_count)
+        flat = buffer.pack(model, local_count / global_count)
+        xp = model.backend.xp
         if self.transport == "nccl":
             reduced = self._nccl_sum(model, flat)
         elif self.transport == "cuda-aware":
             model.backend.sync()  # MPI does not know the device's queue: the packing must have finished
-            self.comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
-            reduced = flat
+            reduced = xp.empty_like(flat)
+            self.comm.Allreduce(flat, reduced, op=self._MPI.SUM)
         else:
-            host = buffer.download(flat)
-            self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
-            reduced = model.backend.asarray(host)
-        buffer.unpack(model, reduced / global_count)
+            send = buffer.download(flat)
+            received = np.empty_like(send)
+            self.comm.Allreduce(send, received, op=self._MPI.SUM)
+            reduced = received if buffer.on_host else model.backend.asarray(received)
+        buffer.unpack(model, reduced)
         self.allreduce_seconds += time.perf_counter() - begin
 
     def _nccl_sum(self, model: Any, flat: Any) -> Any:
@@ -291,14 +293,16 @@ class _FlatBuffer:
     def matches(self, model: Any) -> bool:
         return _gradient_layout(model) == self.layout and model.backend.device == _device_of(self.device)
 
-    def pack(self, model: Any, local_count: int) -> Any:
-        """Every gradient times ``local_count`` (the rank's gradient sum) in one flat array; zeros if empty."""
+    def pack(self, model: Any, scale: float) -> Any:
+        """Every gradient times ``scale`` in one flat array (zeros for an empty shard, ``scale == 0``)."""
         xp = model.backend.xp
         for (_, layer, key), (offset, size, _) in zip(model.parameter_slots(), self.slots, strict=True):
-            if local_count == 0:  # an empty shard: its mean gradient is 0/0, its sum is zero
+            if scale == 0:  # an empty shard: its mean gradient is 0/0, its share is zero
                 self.device[offset:offset + size] = 0.0
+            elif self.on_host:  # NumPy: scaled straight into the buffer, no temporary
+                np.multiply(np.reshape(layer.grads[key], (-1,)), scale, out=self.device[offset:offset + size])
             else:
-                self.device[offset:offset + size] = xp.reshape(layer.grads[key], (-1,)) * local_count
+                self.device[offset:offset + size] = xp.reshape(layer.grads[key], (-1,)) * scale
         return self.device
 
     def download(self, flat: Any) -> np.ndarray:
