@@ -11,13 +11,16 @@ callbacks that print, checkpoint and write metrics.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
+import signal
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .backend import BackendError, get_backend
@@ -299,15 +302,35 @@ class Run:
 
 
 class _EpochEnd(Callback):
-    """After each good epoch: checkpoint, then the metrics file (so both always agree)."""
+    """After each good epoch: checkpoint, then the metrics file, with Ctrl-C held back until both are written."""
 
     def __init__(self, run: Run):
         self.run = run
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        self.run.checkpoint(row["epoch"])
-        if self.run.args.metrics:
-            write_metrics(self.run.args.metrics, trainer.history.rows)
+        with _interrupts_deferred():
+            self.run.checkpoint(row["epoch"])
+            if self.run.args.metrics:
+                write_metrics(self.run.args.metrics, trainer.history.rows)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it once the block is done.
+
+    So the files on disk and what the run reports about them always agree.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
@@ -362,7 +385,8 @@ def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
     if data.x_val is not None:
         eval_sets = {"val": (run.inputs(data.x_val), data.y_val), **eval_sets}
     if args.save and run.saved_epoch is None:
-        run.checkpoint(0)  # so that an interrupted first epoch still leaves a checkpoint to resume from
+        with _interrupts_deferred():
+            run.checkpoint(0)  # so that an interrupted first epoch still leaves a checkpoint to resume from
     started = time.perf_counter()
     try:
         history = run.trainer.fit(run.inputs(data.x_train), data.y_train, epochs=args.epochs, eval_sets=eval_sets,
