@@ -17,11 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .backend import BackendError, get_backend
-from .data import DATASETS, load_dataset
+from .data import DATASETS, input_paths, load_dataset
+from .files import check_outputs, write_file
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
-from .serialization import FormatError, atomic_write
+from .serialization import FormatError
 from .trainer import DivergenceError, EpochResult, Trainer, load_checkpoint, save_checkpoint
 
 PROG = "python -m xpnn.train"
@@ -185,8 +186,9 @@ def format_epoch(result: EpochResult, epochs: int) -> str:
 
 
 def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
+    """Write ``history`` as JSON lines through :func:`xpnn.files.write_file` (atomic; /dev/null works)."""
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write(path, lambda file: file.write(text.encode()))
+    write_file(path, lambda file: file.write(text.encode()))
 
 
 def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
@@ -211,11 +213,16 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(textwrap.fill(title, 120), fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        write_file(path, lambda file: fig.savefig(file, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def train(args: argparse.Namespace) -> int:
+    check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
+                  inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
+                  allow_same=[("--save", "--resume")])
     if args.plot:
         try:
             import matplotlib  # noqa: F401
