@@ -262,8 +262,9 @@ def _json(depth: int) -> Check:
 def _array(item: Check, minimum: int = 0, maximum: int | None = None) -> Check:
     def check(value: Any, where: str) -> None:
         if type(value) is not list or len(value) < minimum or (maximum is not None and len(value) > maximum):
-            raise _SchemaError(where, f"a list of {minimum} to {maximum if maximum is not None else 'any number of'} "
-                                  f"entries", value if type(value) is not list else f"{len(value)} entries")
+            size = (f" of {minimum} to {maximum} entries" if maximum is not None
+                    else f" of at least {minimum} entries" if minimum else "")
+            raise _SchemaError(where, "a list" + size, value if type(value) is not list else f"{len(value)} entries")
         for index, element in enumerate(value):
             item(element, f"{where}[{index}]")
 
