@@ -26,6 +26,7 @@ symlinks and hard links count as the same file), with named exceptions such as `
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -60,7 +61,7 @@ def _resolve(path: str | os.PathLike, flag: str | None = None) -> tuple[Path, os
     label = f"{flag} {path}" if flag else str(path)
     try:
         info = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a missing file, or one below a file: see check_output
         info = None
     except OSError as error:  # a symlink loop, a component that is a file, no permission
         raise OutputError(f"{label}: cannot be written ({error.strerror})") from None
@@ -231,7 +232,7 @@ def write_file(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> P
     try:
         if info is not None and stat.S_ISCHR(info.st_mode):
             with open(real, "wb") as file:
-                write(file)
+                write(_Stream(file))
                 file.flush()
             return real
         real.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +243,32 @@ def write_file(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> P
             raise
         raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from error
     return real
+
+
+class _Stream(io.RawIOBase):
+    """A device opened for writing, shown as a stream that cannot seek (writers such as zipfile then never try).
+
+    ``/dev/null`` accepts a seek and reports position 0 ever after, which would corrupt a zip writer's offsets.
+    """
+
+    def __init__(self, file: IO[bytes]):
+        super().__init__()
+        self._file, self._position = file, 0
+
+    def write(self, data: Any) -> int:
+        self._file.write(data)
+        size = memoryview(data).nbytes
+        self._position += size
+        return size
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def writable(self) -> bool:
+        return True
 
 
 def _replace(real: Path, write: Callable[[IO[bytes]], None], mode: int | None) -> None:
