@@ -430,9 +430,9 @@ def _classes(labels: np.ndarray, path: Path, known: dict, name: str) -> int:
         k = int(gaps[0])
         stray = present[k:]
         count = int(np.isin(labels, stray).sum())
-        raise DataError(f"{path}: labels must number the classes 0..K-1 with every class present, but after "
-                        f"0..{k - 1} come labels {_few(stray)} ({count} samples) with classes {k}..{int(stray[0]) - 1} "
-                        f"absent; fix or remove those samples")
+        absent = f"class {k} is" if k == int(stray[0]) - 1 else f"classes {k}..{int(stray[0]) - 1} are"
+        raise DataError(f"{path}: labels must number the classes 0..K-1 with every class present, but {absent} "
+                        f"absent while labels {_few(stray)} occur ({count} samples); fix or remove those samples")
     if present.size < 2:
         raise DataError(f"{path}: every training label is {int(present[0])}; a classifier needs at least 2 classes")
     return int(present.size)
