@@ -152,6 +152,18 @@ def test_special_paths_are_refused_without_blocking(tmp_path, kind):
         assert stat.S_IFMT(os.lstat(path).st_mode) == stat.S_IFMT(before.st_mode)
 
 
+def test_stdout_redirected_to_a_file_is_not_replaced(tmp_path):
+    log = tmp_path / "log.txt"
+    code = ("import sys\nfrom xpnn.files import write_file\nprint('first line', flush=True)\n"
+            "try:\n    write_file('/dev/stdout', lambda f: f.write(b'metrics'))\n"
+            "except ValueError as error:\n    print(error, file=sys.stderr)\nprint('last line', flush=True)\n")
+    with open(log, "wb") as out:
+        result = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert log.read_text() == "first line\nlast line\n"
+    assert "names an open stream" in result.stderr and str(log) in result.stderr
+
+
 def test_dev_null_is_written_to_and_stays_a_device():
     write_file("/dev/null", write_bytes(b"x" * 1000))
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

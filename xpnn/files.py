@@ -11,7 +11,9 @@ What a path points at is never damaged:
   needs no atomicity. A device that refuses the data (``/dev/full``) is reported naming the path.
 - **FIFOs, sockets, block devices and directories are refused** with :class:`OutputError`: a FIFO would
   block until someone reads it and could not be rewritten each epoch, and replacing or writing a disk or
-  a directory is never what a training run means.
+  a directory is never what a training run means. So are read-only files (someone protected them), and
+  ``/dev/stdout``-like paths unless they lead to a terminal: redirected to a log file, replacing it would
+  unlink the log the shell is writing.
 
 Temporary files are named ``.<name>.<host>.<pid>.<random>.part``. A run killed by ``kill -9`` cannot
 delete its own; the next write to the same target deletes every such file whose host is this machine and
@@ -63,7 +65,7 @@ def _resolve(path: str | os.PathLike, flag: str | None = None) -> tuple[Path, os
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):  # a missing file, or one below a file: see check_output
         info = None
-    except OSError as error:  # a symlink loop, a component that is a file, no permission
+    except OSError as error:  # a symlink loop, no permission
         raise OutputError(f"{label}: cannot be written ({error.strerror})") from None
     return Path(os.path.realpath(path)), info
 
@@ -87,6 +89,9 @@ def check_output(path: str | os.PathLike, flag: str | None = None) -> Path:
     if str(path) == "":
         raise OutputError(f"{flag or 'output path'}: empty path; give a file name")
     real, info = _resolve(path, flag)
+    if _names_a_stream(path) and (info is None or not stat.S_ISCHR(info.st_mode)):
+        raise OutputError(f"{label} names an open stream of this process (now {real}), not a file; replacing it "
+                          f"would unlink what the stream writes to, so give a file path")
     if info is not None:
         kind = _kind(info.st_mode)
         if kind is not None:
@@ -106,6 +111,18 @@ def check_output(path: str | os.PathLike, flag: str | None = None) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"{label}: the folder {ancestor} is not writable; choose another path")
     return real
+
+
+def _names_a_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (or a symlink on its way) is /dev/stdout, /dev/fd/N, /proc/.../fd/N and the like."""
+    current = os.path.abspath(path)
+    for _ in range(40):
+        if current.startswith(("/proc/", "/dev/fd/")) or current in ("/dev/stdin", "/dev/stdout", "/dev/stderr"):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return False
 
 
 def _identity(path: str | os.PathLike) -> tuple[Any, ...]:
@@ -186,7 +203,7 @@ def clean_stale_parts(target: str | os.PathLike) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would terminate the process
         return True
     try:
         os.kill(pid, 0)
@@ -281,7 +298,7 @@ def _replace(real: Path, write: Callable[[IO[bytes]], None], mode: int | None) -
             continue
     try:
         if mode is not None:
-            os.fchmod(handle, mode)
+            os.chmod(temporary, mode)
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
