@@ -13,7 +13,7 @@ import numpy as np
 from .backend import Backend, get_backend
 from .layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
 from .losses import Loss, SoftmaxCrossEntropy
-from .serialization import FormatError, read_npz, write_npz
+from .serialization import FormatError, open_npz, validate_header, write_npz
 
 __all__ = ["ACTIVATIONS", "Sequential", "load", "mlp"]
 
@@ -211,9 +211,15 @@ class Sequential:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | str = "cpu", seed: int = 0) -> Sequential:
-        """Rebuild a model (freshly initialized) from :meth:`config`."""
-        layers = [_construct(Layer.registry, spec, "layer") for spec in config["layers"]]
-        loss = _construct(Loss.registry, config["loss"], "loss")
+        """Rebuild a model (freshly initialized) from :meth:`config`.
+
+        Raises
+        ------
+        FormatError
+            When ``config`` does not describe a model: a missing or mistyped field, an unknown layer or
+            loss type, or arguments its constructor refuses.
+        """
+        layers, loss = _from_config(config, "config")
         return cls(layers, loss, backend=backend, seed=seed)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -233,19 +239,70 @@ class Sequential:
 
 
 def load(path: str | os.PathLike, backend: Backend | str = "cpu") -> Sequential:
-    """Load a model written by :meth:`Sequential.save` onto ``backend`` (any backend)."""
-    arrays, header = read_npz(path, "model")
-    model = Sequential.from_config(header["config"], backend=backend, seed=header.get("seed", 0))
-    model.load_state_dict(arrays, source=str(path))
+    """Load a model written by :meth:`Sequential.save` onto ``backend`` (any backend).
+
+    The file is not trusted: its header is checked against a schema, and the shapes its configuration
+    implies (:meth:`Layer.param_shapes`) are compared with the arrays' declared shapes before anything is
+    built or read, so a small file claiming huge layers fails at once. Layers that do not declare their
+    shapes are built and checked afterwards.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    FormatError
+        Naming the file, for any other problem (corrupted, crafted, not a model).
+    """
+    source = str(path)
+    with open_npz(path, "model") as npz:
+        layers, loss = _from_config(npz.header["config"], source)
+        _check_declared_shapes(layers, npz.shapes, source)
+        arrays = npz.read(npz.shapes)
+    try:
+        model = Sequential(layers, loss, backend=backend, seed=npz.header.get("seed", 0))
+    except (ValueError, TypeError, OverflowError, MemoryError) as error:
+        raise FormatError(f"{source}: its configuration cannot be built ({type(error).__name__}: {error})") from None
+    model.load_state_dict(arrays, source=source)
     return model
 
 
-def _construct(registry: dict[str, type], spec: dict[str, Any], what: str) -> Any:
+def _from_config(config: Any, source: str) -> tuple[list[Layer], Loss]:
+    """Unbuilt layers and the loss that ``config`` describes, checked against the configuration schema."""
+    validate_header(config, "config", source)
+    layers = [_construct(Layer.registry, spec, f"layer {index}", source) for index, spec in enumerate(config["layers"])]
+    return layers, _construct(Loss.registry, config["loss"], "loss", source)
+
+
+def _construct(registry: dict[str, type], spec: dict[str, Any], what: str, source: str = "config") -> Any:
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in registry:
-        raise FormatError(f"unknown {what} type {kind!r} in the saved configuration")
-    return registry[kind](**spec)
+        raise FormatError(f"{source}: unknown {what} type {kind!r} in the saved configuration "
+                          f"(known: {', '.join(sorted(registry))})")
+    try:
+        return registry[kind](**spec)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise FormatError(f"{source}: {what} {kind} cannot be made from {spec} ({error})") from None
+
+
+def _check_declared_shapes(layers: list[Layer], found: dict[str, tuple[int, ...]], source: str) -> None:
+    """Compare the arrays a file declares with what its layers will create, before building anything."""
+    declared: dict[str, tuple[int, ...]] = {}
+    undeclared = set()
+    for index, layer in enumerate(layers):
+        if type(layer).param_shapes is Layer.param_shapes:
+            undeclared.add(str(index))
+        else:
+            declared.update({f"{index}.{key}": tuple(shape) for key, shape in layer.param_shapes().items()})
+    missing = sorted(set(declared) - set(found))
+    unexpected = sorted(name for name in found if name not in declared and name.partition(".")[0] not in undeclared)
+    if missing or unexpected:
+        raise FormatError(f"{source}: the arrays do not match the configuration (missing {missing}, "
+                          f"unexpected {unexpected})")
+    for name, shape in declared.items():
+        if found[name] != shape:
+            raise FormatError(f"{source}: array {name!r} has shape {found[name]}, its layer "
+                              f"{type(layers[int(name.partition('.')[0])]).__name__} needs {shape}")
 
 
 def mlp(

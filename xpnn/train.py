@@ -26,11 +26,12 @@ from typing import Any
 from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, load_dataset
+from .data import DATASETS, input_paths, load_dataset
+from .files import check_outputs, write_file
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
-from .serialization import FormatError, atomic_write, read_npz
+from .serialization import FormatError, read_npz
 from .trainer import DivergenceError, Trainer
 
 PROG = "python -m xpnn.train"
@@ -255,10 +256,7 @@ class Run:
         if args.model == "cnn":
             from .model import cnn
 
-            side = math.isqrt(data.n_features)
-            if side * side != data.n_features:
-                raise UsageError(f"--model cnn needs square images; {data.name} has {data.n_features} pixels")
-            self.image_shape = (1, side, side)
+            self.image_shape = (1, *data.image_shape)
             return cnn(self.image_shape, data.n_classes, dropout=args.dropout, backend=self.backend, seed=args.seed)
         self.image_shape = None
         sizes = [data.n_features, *args.hidden, data.n_classes]
@@ -334,8 +332,9 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
+    """Write ``history`` as JSON lines through :func:`xpnn.files.write_file` (atomic; /dev/null works)."""
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write(path, lambda file: file.write(text.encode()))
+    write_file(path, lambda file: file.write(text.encode()))
 
 
 def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
@@ -360,8 +359,10 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(textwrap.fill(title, 120), fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        write_file(path, lambda file: fig.savefig(file, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
@@ -376,6 +377,9 @@ def train(args: argparse.Namespace, given: set[str] | None = None) -> int:
         saved = header.get("settings") if isinstance(header.get("settings"), dict) else {}
     for warning in apply_defaults(args, set() if given is None else given, saved):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
+                  inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
+                  allow_same=[("--save", "--resume")])
     run = Run(args, saved)
     if args.resume:
         run.resume(args.resume)

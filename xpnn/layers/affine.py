@@ -47,6 +47,10 @@ class Affine(Layer):
             self.params["b"] = be.zeros((self.n_out,))
         self.grads = {key: be.zeros(value.shape) for key, value in self.params.items()}
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``W`` (n_in, n_out) and, with a bias, ``b`` (n_out,)."""
+        return {"W": (self.n_in, self.n_out), **({"b": (self.n_out,)} if self.bias else {})}
+
     def forward(self, x: Any, *, train: bool = False) -> Any:
         W = self.params["W"]
         if getattr(x, "ndim", None) != 2 or x.shape[1] != self.n_in:

@@ -96,6 +96,15 @@ class Layer:
     def __call__(self, x: Any, *, train: bool = False) -> Any:
         return self.forward(x, train=train)
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of every array in ``params`` and ``buffers`` that :meth:`build` will create.
+
+        Computed from the constructor arguments without allocating, so that :func:`xpnn.load` can refuse a
+        file whose configuration claims huge layers before building them. The default, ``{}``, means "not
+        declared": loading then falls back to building the layer and comparing afterwards.
+        """
+        return {}
+
     # ------------------------------------------------------------------ description
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer (saved as JSON with the model)."""

@@ -44,6 +44,11 @@ class BatchNorm1d(Layer):
         self.grads = {"gamma": be.zeros(shape), "beta": be.zeros(shape)}
         self.buffers = {"running_mean": be.zeros(shape), "running_var": be.ones(shape)}
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``gamma``, ``beta``, ``running_mean`` and ``running_var``, each (n_features,)."""
+        shape = (self.n_features,)
+        return {"gamma": shape, "beta": shape, "running_mean": shape, "running_var": shape}
+
     def forward(self, x: Any, *, train: bool = False) -> Any:
         self._require_built()
         xp = self.xp
