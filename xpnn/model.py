@@ -304,7 +304,9 @@ class Sequential:
                 hits = count_correct(self.loss_fn, y, tb)
                 if hits is not None:
                     correct = hits if correct is None else correct + hits
-        return total_loss / n, correct
+        # NumPy reduces to scalars; asarray makes them 0-d arrays like every other library's (no copy elsewhere).
+        xp = self.backend.xp
+        return xp.asarray(total_loss / n), None if correct is None else xp.asarray(correct)
 
     def accuracy(self, x: Any, t: Any, batch_size: int = 10_000) -> float:
         """Fraction of correctly predicted samples, in evaluation mode (arguments as for :meth:`evaluate`).
