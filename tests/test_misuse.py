@@ -55,7 +55,8 @@ def test_regression_has_no_accuracy_and_evaluate_gives_loss_and_none(backend, rn
 
 def test_evaluate_returns_0d_device_arrays(backend, rng):
     model = xpnn.mlp([4, 3], backend=backend)
-    loss, correct = model.evaluate(backend.asarray(rng.standard_normal((10, 4))), backend.asarray(rng.integers(0, 3, 10)))
+    x, t = backend.asarray(rng.standard_normal((10, 4))), backend.asarray(rng.integers(0, 3, 10))
+    loss, correct = model.evaluate(x, t)
     for value in (loss, correct):
         assert tuple(value.shape) == ()
         assert type(value) is type(backend.zeros(()))

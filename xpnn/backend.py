@@ -342,6 +342,8 @@ def _dtype_name(dtype: Any) -> str:
     """``"float32"`` or ``"float64"`` from a name or a dtype of any library, else ValueError."""
     if isinstance(dtype, str):
         name = dtype
+    elif dtype is None:  # numpy.dtype(None) would silently mean float64
+        name = ""
     else:
         try:
             name = np.dtype(dtype).name  # numpy.float64, numpy.dtype("float32"), "f4"-likes
