@@ -35,6 +35,7 @@ def test_predict_in_batches_equals_one_forward(backend, rng):
         np.testing.assert_allclose(host(backend, model.predict(x, batch_size=batch)), whole, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="predict: batch_size must be a positive integer, got 0"):
         model.predict(x, batch_size=0)
+    assert model.predict(np.zeros((0, 5)), batch_size=4).shape == (0, 3)
 
 
 def test_predict_proba_softmax_and_sigmoid_against_numpy(backend, rng):

@@ -182,13 +182,12 @@ class Sequential:
             return y
         x = self._as_input(x)
         with self._keeping_backward_state():
-            if batch_size is None:
-                return self._forward(x, train=False)
-            batch_size = check_positive_int("predict", "batch_size", batch_size)
             n = x.shape[0]
+            if batch_size is None or check_positive_int("predict", "batch_size", batch_size) >= n:
+                return self._forward(x, train=False)
             outputs = [self._forward(x[start:min(start + batch_size, n), ...], train=False)
                        for start in range(0, n, batch_size)]
-            return outputs[0] if len(outputs) == 1 else self.backend.xp.concat(outputs, axis=0)
+            return self.backend.xp.concat(outputs, axis=0)
 
     __call__ = predict
 
