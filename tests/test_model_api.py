@@ -217,3 +217,22 @@ def test_regression_end_to_end_with_host_data():
         model.backward()
         opt.step()
     assert float(model.evaluate(x, y)[0]) < start / 50
+
+
+def test_caches_a_layer_builds_in_evaluation_persist_between_predictions():
+    class Cached(xpnn.Layer):
+        builds = 0
+
+        def forward(self, x, *, train=False):
+            if getattr(self, "index", None) is None:
+                Cached.builds += 1
+                self.index = self.xp.arange(x.shape[1])
+            return x
+
+        def backward(self, dy):
+            return dy
+
+    model = xpnn.Sequential([Affine(3, 2), Cached()])
+    for _ in range(3):
+        model.predict(np.ones((4, 3)))
+    assert Cached.builds == 1

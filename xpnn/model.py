@@ -329,12 +329,15 @@ class Sequential:
 
     @contextlib.contextmanager
     def _keeping_backward_state(self) -> Iterator[None]:
-        """Put back every attribute the layers and the loss had, so an evaluation forward leaves no trace.
+        """While a backward is pending, put back every attribute the layers and the loss had afterwards.
 
-        What a training forward kept for backward survives, and the evaluation's own caches (inputs of
-        the whole evaluation set) are dropped at once. Parameters and buffers are not rebound in
-        evaluation mode, so restoring the attributes restores the same arrays.
+        What the training forward kept for backward survives an evaluation in between. Parameters and
+        buffers are not rebound in evaluation mode, so restoring the attributes restores the same arrays.
+        Without a pending backward nothing is restored, so caches a layer builds lazily persist.
         """
+        if not self._pending_backward:
+            yield
+            return
         owners = [*self.layers, self.loss_fn]
         saved = [dict(vars(owner)) for owner in owners]
         try:
