@@ -161,7 +161,7 @@ def test_interrupted_download_leaves_no_complete_looking_file(fake_dataset, tmp_
             file.write(b"partial")
             raise ConnectionResetError("connection dropped")
 
-        data.atomic_write(target, write)
+        data.write_file(target, write)
 
     monkeypatch.setattr(data, "_fetch", fail_midway)
     target = tmp_path / "dl"

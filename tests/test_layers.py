@@ -147,5 +147,5 @@ def test_affine_rejects_bad_sizes(bad):
 
 
 def test_dropout_rejects_bad_probability():
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\)"):
         Dropout(1.0)

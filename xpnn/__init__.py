@@ -6,10 +6,14 @@ backend is chosen once at run time::
     import xpnn
     backend = xpnn.get_backend("cpu")          # or "gpu", "cuda:1", "torch", ...
     model = xpnn.mlp([784, 256, 128, 10], backend=backend, seed=0)
+    model.summary()                            # layers, output shapes, parameters, trainable or not
     optimizer = xpnn.optim.SGD(model, lr=0.1)
-    loss = model.loss(x, labels)               # x, labels on the backend
+    loss = model.loss(x, labels)               # training mode; x, labels on the backend
     model.backward()
     optimizer.step()
+    model.accuracy(x_test, y_test)             # evaluation mode; NumPy arrays are copied over
+    model.predict_proba(x_test)                # softmax (or sigmoid for BCEWithLogits) probabilities
+    model.freeze(0)                            # layer 0 stays as it is (also: layer.trainable = False)
 """
 
 from . import callbacks, data, initializers, layers, losses, metrics, optim, trainer
@@ -18,7 +22,7 @@ from .callbacks import Callback, EarlyStopping, History
 from .gradcheck import gradcheck
 from .layers import ELU, Add, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, Mul, ReLU, Sigmoid, Tanh
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
-from .model import Sequential, load, mlp
+from .model import IncompatibleKeys, Sequential, load, mlp
 from .serialization import FormatError
 from .trainer import DivergenceError, Trainer, fit
 
@@ -26,9 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError", "BatchNorm1d", "Callback", "DivergenceError",
-    "Dropout", "EarlyStopping", "FormatError", "History",
-    "Layer", "LeakyReLU", "Linear", "MeanSquaredError", "Mul", "ReLU", "Sequential", "Sigmoid",
-    "SoftmaxCrossEntropy", "Tanh", "Trainer", "callbacks", "data", "fit", "get_backend", "gradcheck", "initializers",
-    "layers", "load",
+    "Dropout", "EarlyStopping", "FormatError", "History", "IncompatibleKeys", "Layer", "LeakyReLU", "Linear",
+    "MeanSquaredError", "Mul", "ReLU", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "Trainer", "callbacks",
+    "data", "fit", "get_backend", "gradcheck", "initializers", "layers", "load",
     "losses", "metrics", "mlp", "optim", "trainer",
 ]

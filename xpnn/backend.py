@@ -51,7 +51,7 @@ class Backend:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_namespace(cls, namespace: Any, device: Any = None, dtype: str = "float32") -> Backend:
+    def from_namespace(cls, namespace: Any, device: Any = None, dtype: Any = "float32") -> Backend:
         """Wrap any array-API library (array-api-strict, torch, numpy, cupy, ...).
 
         Parameters
@@ -60,11 +60,11 @@ class Backend:
             The library or its array-API namespace, e.g. ``array_api_strict`` or ``torch``.
         device : object, optional
             A device of that library; defaults to the library's default device.
-        dtype : {"float32", "float64"}
-            Default floating dtype.
+        dtype : {"float32", "float64"} or a dtype
+            Default floating dtype: a name, or the dtype itself (``numpy.float64``, ``numpy.dtype("float64")``,
+            ``torch.float32``, ...).
         """
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        dtype = _dtype_name(dtype)
         probe = _probe_array(namespace)
         xp = array_api_compat.array_namespace(probe)
         library = _library_name(probe)
@@ -338,7 +338,24 @@ def _cupy_backend(spec: str, dtype: str) -> Backend:
     return Backend(backend.xp, backend.device, dtype, f"cupy:{index}", "cupy")
 
 
-def get_backend(spec: Any = "cpu", dtype: str = "float32") -> Backend:
+def _dtype_name(dtype: Any) -> str:
+    """``"float32"`` or ``"float64"`` from a name or a dtype of any library, else ValueError."""
+    if isinstance(dtype, str):
+        name = dtype
+    elif dtype is None:  # numpy.dtype(None) would silently mean float64
+        name = ""
+    else:
+        try:
+            name = np.dtype(dtype).name  # numpy.float64, numpy.dtype("float32"), "f4"-likes
+        except TypeError:
+            name = str(dtype).rsplit(".", 1)[-1]  # torch.float64, array_api_strict.float32, cupy dtypes
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64' (a name, or a dtype such as numpy.float64), "
+                         f"got {dtype!r}")
+    return name
+
+
+def get_backend(spec: Any = "cpu", dtype: Any = "float32") -> Backend:
     """Make the backend for a device string, a namespace, or pass a backend through.
 
     Parameters
@@ -347,8 +364,9 @@ def get_backend(spec: Any = "cpu", dtype: str = "float32") -> Backend:
         ``"cpu"`` / ``"numpy"`` for NumPy; ``"gpu"``, ``"cuda"`` or ``"cuda:N"`` for CuPy on GPU N;
         ``"torch"`` / ``"torch:cuda"`` for PyTorch tensors; ``"array_api_strict"`` for the strict
         checker; any array-API namespace module; or an existing :class:`Backend` (returned as is).
-    dtype : {"float32", "float64"}
-        Default floating dtype.
+    dtype : {"float32", "float64"} or a dtype
+        Default floating dtype, as a name or as a dtype (``numpy.float64``, ``numpy.dtype("float64")``).
+        Ignored when ``spec`` is already a Backend.
 
     Returns
     -------
@@ -361,6 +379,7 @@ def get_backend(spec: Any = "cpu", dtype: str = "float32") -> Backend:
     """
     if isinstance(spec, Backend):
         return spec
+    dtype = _dtype_name(dtype)
     if not isinstance(spec, str):
         return Backend.from_namespace(spec, dtype=dtype)
     key = spec.strip().lower()

@@ -1,4 +1,9 @@
-"""Checkpoints: model, optimizer state, completed epochs, history and the run's settings in one ``.npz``."""
+"""Checkpoints: model, optimizer state, completed epochs, history and settings in one ``.npz``.
+
+Writing goes through :func:`xpnn.files.write_file` (atomic, safe for any path); reading trusts nothing in
+the file: the header is checked against the checkpoint schema and the configuration against the model
+before any array is read, and only the arrays this model and optimizer can have are read.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 
 from .model import Sequential
 from .optim import Optimizer
-from .serialization import FormatError, read_npz, write_npz
+from .serialization import FormatError, open_npz, write_npz
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -18,6 +23,19 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
     """Write model, optimizer state, completed epoch count and history to one ``.npz``, atomically.
 
     The random state needs no arrays: shuffles and dropout masks are derived from (seed, epoch).
+
+    Parameters
+    ----------
+    path : path-like
+        Where to write (see :func:`xpnn.files.write_file` for symlinks and special files).
+    model, optimizer
+        What to save; arrays are copied to the host, the model stays on its device.
+    epoch : int
+        Completed epochs.
+    history : list of dict
+        One row of numbers per completed epoch.
+    settings : dict
+        The run's settings (JSON scalars), compared on resume.
     """
     be = model.backend
     arrays = {f"model.{k}": be.to_numpy(v) for k, v in model.state_dict().items()}
@@ -34,33 +52,70 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
 def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optimizer) -> dict[str, Any]:
     """Restore a checkpoint into ``model`` and ``optimizer``; returns its header (epoch, history, settings).
 
+    Everything is checked before anything is restored: the header's schema, the architecture, the
+    optimizer type, then every array's name and declared shape (model arrays must match the model; the
+    optimizer's ``optim.<slot>.<parameter>`` arrays must have their parameter's shape). Arrays of any
+    other name are refused unread. If restoring the optimizer fails, the model is put back as it was.
+
     Raises
     ------
+    FileNotFoundError
+        When ``path`` does not exist.
     FormatError
-        When the checkpoint was written for another architecture or optimizer.
+        Naming the file: corrupted or crafted, or written for another architecture or optimizer.
     """
-    arrays, header = read_npz(path, "checkpoint")
-    if header["config"] != model.config():
-        raise FormatError(
-            f"{path}: checkpoint of a different architecture ({_describe(header['config'])}), "
-            f"this run builds {_describe(model.config())}"
-        )
-    saved_optimizer = header["optimizer"]["type"]
-    if saved_optimizer != type(optimizer).__name__:
-        raise FormatError(f"{path}: checkpoint was trained with {saved_optimizer}, this run uses "
-                          f"{type(optimizer).__name__}; pass the same --optimizer")
+    with open_npz(path, "checkpoint") as npz:
+        header = npz.header
+        if header["config"] != model.config():
+            raise FormatError(
+                f"{path}: checkpoint of a different architecture ({_describe(header['config'])}), "
+                f"this run builds {_describe(model.config())}"
+            )
+        saved_optimizer = header["optimizer"]["type"]
+        if saved_optimizer != type(optimizer).__name__:
+            raise FormatError(f"{path}: checkpoint was trained with {saved_optimizer}, this run uses "
+                              f"{type(optimizer).__name__}; pass the same --optimizer")
+        _check_arrays(path, npz.shapes, model)
+        arrays = npz.read(npz.shapes)
+    before = model.state_dict()
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")}, source=str(path))
     state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
     state.update({k: v for k, v in header["optimizer"].items() if k != "type"})
-    optimizer.load_state_dict(state)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, TypeError, KeyError) as error:
+        model.load_state_dict(before)
+        message = str(error).strip("'\"")
+        raise FormatError(f"{path}: the optimizer state does not fit this {type(optimizer).__name__} "
+                          f"({message})") from None
     return header
+
+
+def _check_arrays(path: str | os.PathLike, found: dict[str, tuple[int, ...]], model: Sequential) -> None:
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    parameters = {name: tuple(value.shape) for name, value in model.named_parameters().items()}
+    missing = sorted(f"model.{name}" for name in shapes if f"model.{name}" not in found)
+    if missing:
+        raise FormatError(f"{path}: checkpoint lacks the model arrays {missing}")
+    for name, shape in found.items():
+        group, _, rest = name.partition(".")
+        if group == "model":
+            expected = shapes.get(rest)
+        elif group == "optim":
+            expected = parameters.get(rest.partition(".")[2])
+        else:
+            expected = None
+        if expected is None:
+            raise FormatError(f"{path}: unexpected array {name!r}; this model and optimizer have no such state")
+        if shape != expected:
+            raise FormatError(f"{path}: array {name!r} has shape {shape}, this model needs {expected}")
 
 
 def _describe(config: dict[str, Any]) -> str:
     parts = []
     for layer in config["layers"]:
-        if layer["type"] == "Affine":
+        if layer["type"] == "Affine" and {"n_in", "n_out"} <= layer.keys():
             parts.append(f"{layer['n_in']}-{layer['n_out']}")
         else:
-            parts.append(layer["type"])
+            parts.append(str(layer["type"]))
     return " ".join(parts)

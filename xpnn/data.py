@@ -3,23 +3,33 @@
 The IDX format (LeCun et al.): a 4-byte magic number ``00 00 <type> <ndim>``, ``ndim`` big-endian
 uint32 dimensions, then the data. MNIST, Fashion-MNIST and EMNIST use unsigned bytes (type 0x08):
 images are (N, rows, cols), labels (N,).
+
+Files are not trusted. :func:`read_idx` compares the size a header declares with what the file can hold
+before allocating (a gzip file can inflate at most 1032-fold), streams exactly that many bytes, and refuses
+a file that holds or inflates to more. A dataset is checked against what it is (see :func:`load_dataset`):
+the classes are 0..K-1 with every class present in the training labels, test labels are among them,
+labels are integers, and train and test images have the same shape.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import stat
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .files import write_file
 from .progress import ProgressBar
-from .serialization import FormatError, atomic_write
+from .serialization import FormatError
 
-__all__ = ["DATASETS", "DataError", "Dataset", "download", "find_files", "load_dataset", "read_idx"]
+__all__ = ["DATASETS", "DataError", "Dataset", "download", "find_files", "input_paths", "load_dataset", "read_idx"]
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -42,6 +52,8 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
+        "classes": 10,
+        "image_shape": (28, 28),
     },
     "fashion-mnist": {
         "mirrors": [
@@ -54,12 +66,15 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
+        "classes": 10,
+        "image_shape": (28, 28),
     },
 }
 
 SYSTEM_DIRS = ("/usr/share/datasets", "/usr/local/share/datasets")
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DEFLATE_MAX_RATIO = 1032  # the most deflate can expand its input
 
 
 class DataError(FormatError):
@@ -81,6 +96,11 @@ class Dataset:
     name : str
     directory : Path
         Where the files were read from.
+    image_shape : (rows, cols) or None
+        Shape of one image before flattening.
+    class_count : int or None
+        Number of classes established when loading (see :func:`load_dataset`); None for a dataset made by
+        hand, whose :attr:`n_classes` is then the largest training label + 1.
     """
 
     x_train: np.ndarray
@@ -91,10 +111,13 @@ class Dataset:
     directory: Path
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    image_shape: tuple[int, int] | None = None
+    class_count: int | None = None
 
     @property
     def n_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
+        """Number of classes: labels are 0..n_classes-1."""
+        return self.class_count if self.class_count is not None else int(self.y_train.max()) + 1
 
     @property
     def n_features(self) -> int:
@@ -104,34 +127,64 @@ class Dataset:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file, gzipped or raw (told apart by the gzip magic bytes).
 
+    The size the header declares is checked against what the file can hold before anything is
+    allocated, then exactly that many bytes are read: a file that is shorter, longer, or (gzipped)
+    inflates past its declared size is refused without being read whole.
+
     Raises
     ------
     DataError
-        Naming the file: bad magic number, unknown element type, truncated or oversized data.
+        Naming the file: not a regular file, bad magic number, unknown element type, truncated or
+        oversized data.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"{path}: cannot read ({error})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    with os.fdopen(handle, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        try:
+            compressed = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            stream = gzip.GzipFile(fileobj=file, mode="rb") if compressed else file
+            return _read_idx_stream(path, stream, info.st_size, compressed)
+        except (OSError, EOFError, zlib.error) as error:
+            raise DataError(f"{path}: cannot read ({error})") from None
+
+
+def _read_idx_stream(path: Path, stream, on_disk: int, compressed: bool) -> np.ndarray:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+    ndim = magic[3]
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(
-            f"{path}: truncated or corrupted: header says {shape} ({expected} bytes of data), file has "
-            f"{len(raw) - header}"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    dtype = np.dtype(_IDX_TYPES[magic[2]])
+    expected = math.prod(shape) * dtype.itemsize
+    header = 4 + 4 * ndim
+    room = on_disk * _DEFLATE_MAX_RATIO + 1024 if compressed else on_disk - header
+    if expected > room:
+        what = f"a {on_disk}-byte gzip file can inflate to at most {room}" if compressed else f"the file has {room}"
+        raise DataError(f"{path}: truncated or corrupted: header says {shape} ({expected} bytes of data), {what}")
+    data = bytearray(expected)
+    view, filled = memoryview(data), 0
+    while filled < expected:
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    if filled < expected:
+        raise DataError(f"{path}: truncated or corrupted: header says {shape} ({expected} bytes of data), file has "
+                        f"{filled}")
+    if stream.read(1):
+        grows = "inflates past" if compressed else "holds more than"
+        raise DataError(f"{path}: corrupted: the data {grows} the {expected} bytes its header declares {shape}")
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def find_files(directory: Path) -> dict[str, Path] | None:
@@ -211,7 +264,7 @@ def _fetch(url: str, target: Path, md5: str, quiet: bool, timeout: float) -> Non
         if digest.hexdigest() != md5:
             raise DataError(f"checksum mismatch (got md5 {digest.hexdigest()}, expected {md5})")
 
-    atomic_write(target, write)
+    write_file(target, write)
 
 
 def _candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[tuple[Path, bool]]:
@@ -224,6 +277,15 @@ def _candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[tuple
     dirs.append((cache_dir(name), True))
     dirs.extend((Path(root) / name, False) for root in SYSTEM_DIRS)
     return dirs
+
+
+def input_paths(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every path :func:`load_dataset` could read, or download into, for these arguments.
+
+    Outputs of the same run must not be any of them (see :func:`xpnn.files.check_outputs`).
+    """
+    return [directory / f"{stem}{suffix}" for directory, _ in _candidate_dirs(name, data_dir)
+            for stem in FILES.values() for suffix in (".gz", "")]
 
 
 def cache_dir(name: str) -> Path:
@@ -257,6 +319,14 @@ def load_dataset(
     seed : int
         Seeds the permutation that picks the validation split.
 
+    Notes
+    -----
+    The class count comes from the training labels: K classes when they are exactly 0..K-1 with every
+    class present (a stray label 200 among 0..9 is refused, not read as 201 classes). Test labels must be
+    among the training classes, labels must be integers and both splits must have one image shape.
+    A known dataset found by the search or download (MNIST, Fashion-MNIST) must also be what it is:
+    10 classes of 28x28 images. A ``data_dir`` folder is any MNIST-layout dataset, described by its files.
+
     Raises
     ------
     DataError
@@ -289,7 +359,7 @@ def load_dataset(
                        "(then --dataset fashion-mnist)" if name == "mnist" else "")
             raise DataError(f"{name} not found in {', '.join(looked)}; {error}{offline}") from None
     arrays = {key: read_idx(path) for key, path in files.items()}
-    dataset = _assemble(name, arrays, files)
+    dataset = _assemble(name, arrays, files, DATASETS.get(name) if data_dir is None else None)
     if val:
         _split_validation(dataset, val, seed)
     return dataset
@@ -305,8 +375,9 @@ def _verify_known(name: str, files: dict[str, Path]) -> None:
             )
 
 
-def _assemble(name: str, arrays: dict[str, np.ndarray], files: dict[str, Path]) -> Dataset:
-    parts = {}
+def _assemble(name: str, arrays: dict[str, np.ndarray], files: dict[str, Path], known: dict | None = None) -> Dataset:
+    """Check the four arrays against each other (and against ``known``'s classes and image shape), then convert."""
+    known = known or {}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         image_path, label_path = files[f"{split}_images"], files[f"{split}_labels"]
@@ -318,19 +389,58 @@ def _assemble(name: str, arrays: dict[str, np.ndarray], files: dict[str, Path]) 
             raise DataError(
                 f"{image_path} holds {images.shape[0]} images but {label_path} holds {labels.shape[0]} labels"
             )
+        if images.shape[0] == 0 or images.shape[1] * images.shape[2] == 0:
+            raise DataError(f"{image_path}: holds no data (shape {images.shape})")
         if images.dtype != np.uint8:
             raise DataError(f"{image_path}: expected unsigned-byte pixels, got {images.dtype}")
-        if labels.size and labels.min() < 0:
-            raise DataError(f"{label_path}: negative labels")
-        pixels = images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255)
-        parts[split] = (pixels, labels.astype(np.int64))
-    if parts["train"][0].shape[1] != parts["test"][0].shape[1]:
-        raise DataError(
-            f"{files['test_images']}: test images have {parts['test'][0].shape[1]} pixels, "
-            f"training images {parts['train'][0].shape[1]}"
-        )
+        if labels.dtype.kind not in "iu":
+            raise DataError(f"{label_path}: labels must be integers (IDX type 0x08, 0x09, 0x0B or 0x0C), "
+                            f"got {labels.dtype}")
+        if labels.min() < 0:
+            raise DataError(f"{label_path}: negative labels ({int(labels.min())}); classes are numbered from 0")
+        if known.get("image_shape") is not None and images.shape[1:] != tuple(known["image_shape"]):
+            raise DataError(f"{image_path}: {name} images are {known['image_shape'][0]}x{known['image_shape'][1]}, "
+                            f"this file holds {images.shape[1]}x{images.shape[2]}")
+    train_shape, test_shape = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train_shape != test_shape:
+        raise DataError(f"{files['test_images']}: test images are {test_shape[0]}x{test_shape[1]}, "
+                        f"training images {train_shape[0]}x{train_shape[1]}; both splits must have one shape")
+    n_classes = _classes(arrays["train_labels"], files["train_labels"], known, name)
+    test_labels = arrays["test_labels"]
+    if int(test_labels.max()) >= n_classes:
+        outside = np.unique(test_labels[test_labels >= n_classes])
+        raise DataError(f"{files['test_labels']}: test labels {_few(outside)} ({int(np.sum(test_labels >= n_classes))} "
+                        f"samples) are not among the {n_classes} training classes 0..{n_classes - 1}")
+    parts = [(a.reshape(a.shape[0], -1).astype(np.float32) / np.float32(255), y.astype(np.int64))
+             for a, y in ((arrays["train_images"], arrays["train_labels"]), (arrays["test_images"], test_labels))]
     directory = files["train_images"].parent
-    return Dataset(*parts["train"], *parts["test"], name=name, directory=directory)
+    return Dataset(*parts[0], *parts[1], name=name, directory=directory, image_shape=tuple(train_shape),
+                   class_count=n_classes)
+
+
+def _classes(labels: np.ndarray, path: Path, known: dict, name: str) -> int:
+    """The class count: K when the training labels are exactly 0..K-1, each present at least once."""
+    present = np.unique(labels)  # sorted; never allocates by the largest label, unlike bincount
+    if known.get("classes") is not None and int(present[-1]) >= known["classes"]:
+        outside = present[present >= known["classes"]]
+        raise DataError(f"{path}: {name} has {known['classes']} classes (labels 0..{known['classes'] - 1}), "
+                        f"this file has labels {_few(outside)}")
+    gaps = np.flatnonzero(present != np.arange(present.size))
+    if gaps.size:
+        k = int(gaps[0])
+        stray = present[k:]
+        count = int(np.isin(labels, stray).sum())
+        absent = f"class {k} is" if k == int(stray[0]) - 1 else f"classes {k}..{int(stray[0]) - 1} are"
+        raise DataError(f"{path}: labels must number the classes 0..K-1 with every class present, but {absent} "
+                        f"absent while labels {_few(stray)} occur ({count} samples); fix or remove those samples")
+    if present.size < 2:
+        raise DataError(f"{path}: every training label is {int(present[0])}; a classifier needs at least 2 classes")
+    return int(present.size)
+
+
+def _few(values: np.ndarray) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:5])
+    return shown + (f", ... ({values.size} distinct)" if values.size > 5 else "")
 
 
 def _split_validation(dataset: Dataset, val: int, seed: int) -> None:

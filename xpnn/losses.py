@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from .backend import is_floating, namespace_of
 from .layers.activations import sigmoid
 
-__all__ = ["BCEWithLogits", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy"]
+__all__ = ["BCEWithLogits", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy", "softmax"]
 
 
 class Loss:
@@ -33,7 +33,10 @@ class Loss:
         raise NotImplementedError
 
     def backward(self, dloss: Any = 1.0) -> Any:
-        """dL/dy for the last :meth:`forward`, scaled by ``dloss``; shaped like ``y``."""
+        """dL/dy for the last :meth:`forward`, scaled by ``dloss``; shaped like ``y``.
+
+        Once per forward: it releases what the forward kept, and raises RuntimeError when called again.
+        """
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -47,9 +50,25 @@ class Loss:
         if tuple(y.shape) != tuple(t.shape):
             raise ValueError(f"{self!r}: predictions have shape {tuple(y.shape)}, targets {tuple(t.shape)}")
 
+    def _take(self, *names: str) -> tuple[Any, ...]:
+        """The arrays the last forward kept for backward, released (backward runs once per forward)."""
+        values = tuple(getattr(self, name) for name in names)
+        if any(value is None for value in values):
+            raise RuntimeError(f"{self!r}.backward() needs a forward first (and runs once per forward); "
+                               "compute the loss again before calling backward")
+        for name in names:
+            setattr(self, name, None)
+        return values
+
     def _check_float(self, xp: Any, a: Any, what: str) -> None:
         if not is_floating(a):
             raise TypeError(f"{self!r}: {what} must be floating point, got {a.dtype}")
+
+
+def softmax(xp: Any, y: Any) -> Any:
+    """Softmax over the last axis of logits ``y`` (N, C), shifted by the row maximum so exp never overflows."""
+    e = xp.exp(y - xp.max(y, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
 
 
 def one_hot(xp: Any, labels: Any, n_classes: int, dtype: Any) -> Any:
@@ -76,6 +95,9 @@ class SoftmaxCrossEntropy(Loss):
         if y.ndim != 2:
             raise ValueError(f"{self!r}: expected logits of shape (N, C), got {tuple(y.shape)}")
         n, n_classes = y.shape
+        if n_classes < 2:
+            raise ValueError(f"{self!r}: needs logits for at least 2 classes, got shape {tuple(y.shape)}; for one "
+                             "yes/no output use BCEWithLogits with (N, 1) targets of 0 and 1")
         if t.ndim == 1:
             if t.shape[0] != n:
                 raise ValueError(f"{self!r}: {n} logits rows but {t.shape[0]} labels")
@@ -100,8 +122,8 @@ class SoftmaxCrossEntropy(Loss):
         return xp.sum(t * (xp.log(total) - z)) / n
 
     def backward(self, dloss: Any = 1.0) -> Any:
-        n = self.probabilities.shape[0]
-        return (self.probabilities - self.targets) * (dloss / n)
+        probabilities, targets = self._take("probabilities", "targets")
+        return (probabilities - targets) * (dloss / probabilities.shape[0])
 
 
 class MeanSquaredError(Loss):
@@ -123,8 +145,8 @@ class MeanSquaredError(Loss):
         return xp.sum(self.diff * self.diff) * scale
 
     def backward(self, dloss: Any = 1.0) -> Any:
-        scale = (1.0 if self.half else 2.0) / _size(self.diff)
-        return self.diff * (dloss * scale)
+        (diff,) = self._take("diff")
+        return diff * (dloss * (1.0 if self.half else 2.0) / _size(diff))
 
     def config(self) -> dict[str, Any]:
         return {"half": self.half} if self.half else {}
@@ -147,13 +169,16 @@ class BCEWithLogits(Loss):
         self._check_same_shape(y, t)
         if not is_floating(t):
             t = xp.astype(t, y.dtype)
+        if self.check_values and bool(xp.any((t < 0) | (t > 1))):
+            raise ValueError(f"{self!r}: targets must lie in [0, 1] (probabilities of the positive class), got "
+                             f"values from {float(xp.min(t))} to {float(xp.max(t))}")
         self.y, self.t = y, t
         losses = xp.maximum(y, 0.0) - y * t + xp.log1p(xp.exp(-xp.abs(y)))
         return xp.sum(losses) / _size(y)
 
     def backward(self, dloss: Any = 1.0) -> Any:
-        xp = namespace_of(self.y)
-        return (sigmoid(xp, self.y) - self.t) * (dloss / _size(self.y))
+        y, t = self._take("y", "t")
+        return (sigmoid(namespace_of(y), y) - t) * (dloss / _size(y))
 
 
 def _size(a: Any) -> int:

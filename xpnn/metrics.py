@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from .backend import namespace_of
-from .losses import BCEWithLogits, Loss, SoftmaxCrossEntropy
+from .layers.activations import sigmoid
+from .losses import BCEWithLogits, Loss, SoftmaxCrossEntropy, softmax
 
-__all__ = ["count_correct", "has_accuracy", "task_of"]
+__all__ = ["count_correct", "has_accuracy", "probabilities", "task_of"]
 
 
 def task_of(loss_fn: Loss) -> str:
@@ -52,7 +53,16 @@ def count_correct(loss_fn: Loss, y: Any, t: Any) -> Any:
         return None
     xp = namespace_of(y)
     if task == "multiclass":
-        labels = t if t.ndim == 1 else xp.argmax(t, axis=1)
+        if y.ndim != 2 or y.shape[1] < 2:
+            raise ValueError(f"accuracy: a softmax head needs logits (N, C) with C >= 2, got {tuple(y.shape)}; "
+                             "for one yes/no output train with BCEWithLogits")
+        if t.ndim == 1 and t.shape[0] == y.shape[0]:
+            labels = t
+        elif tuple(t.shape) == tuple(y.shape):
+            labels = xp.argmax(t, axis=1)
+        else:
+            raise ValueError(f"accuracy: logits have shape {tuple(y.shape)}; targets must be labels "
+                             f"({y.shape[0]},) or one-hot rows {tuple(y.shape)}, got {tuple(t.shape)}")
         return xp.count_nonzero(xp.argmax(y, axis=1) == labels)
     if tuple(y.shape) != tuple(t.shape):
         raise ValueError(f"binary accuracy: logits have shape {tuple(y.shape)}, targets {tuple(t.shape)}")
@@ -60,3 +70,33 @@ def count_correct(loss_fn: Loss, y: Any, t: Any) -> Any:
     if right.ndim > 1:
         right = xp.all(xp.reshape(right, (right.shape[0], -1)), axis=1)
     return xp.count_nonzero(right)
+
+
+def probabilities(loss_fn: Loss, y: Any) -> Any:
+    """What the outputs ``y`` mean as probabilities under ``loss_fn``.
+
+    Parameters
+    ----------
+    loss_fn : Loss
+        A softmax head (:class:`~xpnn.losses.SoftmaxCrossEntropy`) or a sigmoid head
+        (:class:`~xpnn.losses.BCEWithLogits`).
+    y : array, (N, C) logits
+
+    Returns
+    -------
+    array, (N, C)
+        Softmax rows (summing to 1) for multiclass, element-wise sigmoids (each the probability of a 1)
+        for binary.
+
+    Raises
+    ------
+    ValueError
+        For a regression, whose outputs are not probabilities.
+    """
+    task = task_of(loss_fn)
+    xp = namespace_of(y)
+    if task == "multiclass":
+        return softmax(xp, y)
+    if task == "binary":
+        return sigmoid(xp, y)
+    raise ValueError(f"probabilities are not defined for a regression ({loss_fn!r}); use predict() for the values")

@@ -7,10 +7,16 @@ An optimizer computes each parameter's new value and rebinds it in the owning la
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
+from .backend import to_numpy
 from .model import Sequential
+from .serialization import FormatError
+from .validation import check_bool, check_real
 
 __all__ = ["SGD", "Adam", "Momentum", "Optimizer", "get_optimizer", "get_schedule"]
 
@@ -23,26 +29,62 @@ class Optimizer:
     model : Sequential
         The model whose parameters are trained.
     lr : float
-        Learning rate (may be changed between steps, e.g. by a schedule).
+        Learning rate, positive and finite (may be changed between steps, e.g. by a schedule).
     weight_decay : float
-        L2 penalty coefficient.
+        L2 penalty coefficient, finite and >= 0.
     decoupled : bool
         Apply weight decay directly to the weights (AdamW style) instead of adding it to the gradient.
+    params : iterable of str, optional
+        Train only these parameters, by dotted name (``["2.W", "2.b"]``, see
+        :meth:`Sequential.named_parameters`), as a PyTorch optimizer given a subset. By default every
+        parameter of every trainable layer.
+
+    Notes
+    -----
+    Parameters of frozen layers (``layer.trainable = False``, :meth:`Sequential.freeze`) and parameters
+    outside ``params`` are never touched: no update, no weight decay, no state; they stay bit-identical.
+    The state (moments, velocities) lives on the model's backend and follows the model across
+    :meth:`Sequential.to` at the next step, so an optimizer can be kept when the model moves.
     """
 
-    def __init__(self, model: Sequential, lr: float, weight_decay: float = 0.0, decoupled: bool = False):
-        if not lr > 0 or not math.isfinite(lr):
-            raise ValueError(f"{type(self).__name__}: lr must be a positive finite number, got {lr}")
-        if not weight_decay >= 0:
-            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay}")
-        self.model, self.lr, self.weight_decay, self.decoupled = model, lr, weight_decay, decoupled
+    #: Kinds of per-parameter state arrays, e.g. ``("m", "v")``; keys are ``"{kind}.{parameter}"``.
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, model: Sequential, lr: float, weight_decay: float = 0.0, decoupled: bool = False,
+                 params: Iterable[str] | None = None):
+        owner = type(self).__name__
+        if not isinstance(model, Sequential):
+            raise TypeError(f"{owner}: expected an xpnn Sequential model, got {type(model).__name__}")
+        self.model = model
+        self.lr = check_real(owner, "lr", lr, low=0.0, low_open=True)
+        self.weight_decay = check_real(owner, "weight_decay", weight_decay, low=0.0)
+        self.decoupled = check_bool(owner, "decoupled", decoupled)
+        self.params: frozenset[str] | None = None
+        if params is not None:
+            if isinstance(params, str):
+                params = [params]
+            names = list(params)
+            known = model.named_parameters()
+            unknown = [name for name in names if name not in known]
+            if unknown or not names:
+                raise ValueError(f"{owner}: params must name parameters of the model, got {unknown or names}; "
+                                 f"the model has {sorted(known)}")
+            self.params = frozenset(names)
         self.state: dict[str, Any] = {}
         self.steps = 0
+        self._state_backend = model.backend
+
+    def trained_slots(self) -> Iterator[tuple[str, Any, str]]:
+        """``(dotted name, layer, key)`` of every parameter this optimizer updates now (frozen ones left out)."""
+        for name, layer, key in self.model.parameter_slots(trainable_only=True):
+            if self.params is None or name in self.params:
+                yield name, layer, key
 
     def step(self) -> None:
-        """Update every parameter from its gradient."""
+        """Update every trained parameter from its gradient (frozen parameters are left bit-identical)."""
+        self._follow_model()
         self.steps += 1
-        for name, layer, key in self.model.parameter_slots():
+        for name, layer, key in self.trained_slots():
             p, g = layer.params[key], layer.grads[key]
             if self.weight_decay and not self.decoupled:
                 g = g + self.weight_decay * p
@@ -55,23 +97,94 @@ class Optimizer:
         """Return the new value of parameter ``name`` given its value ``p`` and gradient ``g``."""
         raise NotImplementedError
 
+    def _follow_model(self) -> None:
+        """Move the state to the model's backend if the model moved since the last step."""
+        backend = self.model.backend
+        if backend is not self._state_backend:
+            self.state = {key: backend.asarray(value) for key, value in self.state.items()}
+            self._state_backend = backend
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Arrays of the optimizer's state (``"velocity.0.W"``, ...) plus ``"steps"`` and ``"lr"``."""
+        """Arrays of the optimizer's state (``"velocity.0.W"``, ...) plus ``"steps"`` (int) and ``"lr"`` (float)."""
         return {"steps": self.steps, "lr": self.lr, **self.state}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (arrays of any library are copied to the model's backend)."""
-        state = dict(state)
-        self.steps = int(state.pop("steps"))
-        self.lr = float(state.pop("lr"))
-        self.state = {name: self.model.backend.asarray(value) for name, value in state.items()}
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "optimizer state") -> None:
+        """Restore from :meth:`state_dict`, checking every key, type and shape before changing anything.
+
+        Arrays of any library are copied to the model's backend.
+
+        Parameters
+        ----------
+        state : dict
+            ``"steps"``: non-negative integer; ``"lr"``: positive finite number; ``"{kind}.{param}"``: for
+            each kind in :attr:`slots` and each trained parameter, a finite floating array of the
+            parameter's shape. After a step (``steps > 0``) every trained parameter must have all its
+            arrays; before the first step they may be absent.
+        source : str
+            Named in error messages (a file name).
+
+        Raises
+        ------
+        FormatError
+            Naming the key that is missing, unexpected, of the wrong type or shape, or not finite.
+        """
+        owner = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise FormatError(f"{source}: expected a dict of optimizer state, got {type(state).__name__}")
+        steps = _read_steps(state.get("steps"), source)
+        lr = state.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+            raise FormatError(f"{source}: 'lr' must be a positive finite number, got {lr!r}")
+        shapes = {name: tuple(value.shape) for name, value in self.model.named_parameters().items()}
+        trained = {name for name, _, _ in self.trained_slots()}
+        arrays: dict[str, np.ndarray] = {}
+        for key, value in state.items():
+            if key in ("steps", "lr"):
+                continue
+            kind, _, name = str(key).partition(".")
+            if kind not in self.slots or name not in shapes:
+                raise FormatError(f"{source}: unexpected key {key!r} for {owner} (its state is "
+                                  f"{', '.join(repr(k + '.<parameter>') for k in self.slots) or 'steps and lr only'})")
+            if not hasattr(value, "shape"):
+                raise FormatError(f"{source}: {key!r} is a {type(value).__name__}, expected an array of shape "
+                                  f"{shapes[name]}")
+            host = np.asarray(to_numpy(value))
+            if host.shape != shapes[name]:
+                raise FormatError(f"{source}: {key!r} has shape {host.shape}, parameter {name!r} has {shapes[name]}")
+            if host.dtype.kind != "f":
+                raise FormatError(f"{source}: {key!r} has dtype {host.dtype}, expected floating point")
+            if not np.all(np.isfinite(host)):
+                raise FormatError(f"{source}: {key!r} holds NaN or infinite values")
+            if kind == "v" and np.any(host < 0):
+                raise FormatError(f"{source}: {key!r} (a second moment) holds negative values")
+            arrays[str(key)] = host
+        if steps > 0:
+            for name in sorted(trained):
+                missing = [f"{kind}.{name}" for kind in self.slots if f"{kind}.{name}" not in arrays]
+                if missing:
+                    raise FormatError(f"{source}: missing {', '.join(map(repr, missing))} after {steps} steps; "
+                                      f"the {owner} state is incomplete (resuming would silently reset it)")
+        backend = self.model.backend
+        self.steps, self.lr = steps, float(lr)
+        self.state = {key: backend.asarray(value) for key, value in arrays.items()}
+        self._state_backend = backend
 
     def _slot(self, kind: str, name: str, like: Any) -> Any:
         key = f"{kind}.{name}"
         if key not in self.state:
             self.state[key] = self.model.backend.xp.zeros_like(like)
         return self.state[key]
+
+
+def _read_steps(value: Any, source: str) -> int:
+    if hasattr(value, "shape") and tuple(value.shape) == ():
+        value = to_numpy(value).item()
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise FormatError(f"{source}: 'steps' must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 class SGD(Optimizer):
@@ -93,13 +206,16 @@ class Momentum(Optimizer):
         μ, in [0, 1).
     nesterov : bool
         Use Nesterov's look-ahead gradient.
+    **kwargs
+        ``weight_decay``, ``decoupled``, ``params`` as for :class:`Optimizer`.
     """
+
+    slots = ("velocity",)
 
     def __init__(self, model: Sequential, lr: float, momentum: float = 0.9, nesterov: bool = False, **kwargs: Any):
         super().__init__(model, lr, **kwargs)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"Momentum: momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.nesterov = momentum, nesterov
+        self.momentum = check_real("Momentum", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.nesterov = check_bool("Momentum", "nesterov", nesterov)
 
     def update(self, name: str, p: Any, g: Any) -> Any:
         v = self._slot("velocity", name, p)
@@ -118,17 +234,25 @@ class Adam(Optimizer):
     Parameters
     ----------
     betas : tuple of float
-        Decay rates of the first and second moment estimates.
+        Decay rates of the first and second moment estimates, each in [0, 1).
     eps : float
-        Added to the denominator.
+        Added to the denominator, finite and >= 0.
+    **kwargs
+        ``weight_decay``, ``decoupled``, ``params`` as for :class:`Optimizer`.
     """
+
+    slots = ("m", "v")
 
     def __init__(
         self, model: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         **kwargs: Any,
     ):
         super().__init__(model, lr, **kwargs)
-        self.betas, self.eps = betas, eps
+        if isinstance(betas, str) or not isinstance(betas, Iterable) or len(betas := tuple(betas)) != 2:
+            raise ValueError(f"Adam: betas must be a pair of numbers in [0, 1), e.g. (0.9, 0.999), got {betas!r}")
+        self.betas = tuple(check_real("Adam", f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+                           for i, beta in enumerate(betas))
+        self.eps = check_real("Adam", "eps", eps, low=0.0)
 
     def update(self, name: str, p: Any, g: Any) -> Any:
         beta1, beta2 = self.betas

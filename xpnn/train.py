@@ -19,21 +19,24 @@ import hashlib
 import io
 import json
 import math
+import signal
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, load_dataset
+from .data import DATASETS, input_paths, load_dataset
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
+from .files import check_outputs, write_file
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
-from .serialization import FormatError, atomic_write, read_npz
+from .serialization import FormatError, read_npz
 from .trainer import DivergenceError, Trainer
 
 PROG = "python -m xpnn.train"
@@ -260,10 +263,7 @@ class Run:
         if args.model == "cnn":
             from .model import cnn
 
-            side = math.isqrt(data.n_features)
-            if side * side != data.n_features:
-                raise UsageError(f"--model cnn needs square images; {data.name} has {data.n_features} pixels")
-            self.image_shape = (1, side, side)
+            self.image_shape = (1, *data.image_shape)
             return cnn(self.image_shape, data.n_classes, dropout=args.dropout, backend=self.backend, seed=args.seed)
         self.image_shape = None
         sizes = [data.n_features, *args.hidden, data.n_classes]
@@ -309,20 +309,41 @@ class Run:
 
 
 class _EpochEnd(Callback):
-    """After each good epoch: checkpoint, then the metrics file (so both always agree)."""
+    """After each good epoch: checkpoint, then the metrics file, with Ctrl-C held back until both are written."""
 
     def __init__(self, run: Run):
         self.run = run
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        self.run.checkpoint(row["epoch"])
-        if self.run.args.metrics and self.run.comm.is_root:
-            write_metrics(self.run.args.metrics, trainer.history.rows)
+        with _interrupts_deferred():
+            self.run.checkpoint(row["epoch"])
+            if self.run.args.metrics and self.run.comm.is_root:
+                write_metrics(self.run.args.metrics, trainer.history.rows)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it once the block is done.
+
+    So the files on disk and what the run reports about them always agree.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
+    """Write ``history`` as JSON lines through :func:`xpnn.files.write_file` (atomic; /dev/null works)."""
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write(path, lambda file: file.write(text.encode()))
+    write_file(path, lambda file: file.write(text.encode()))
 
 
 def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
@@ -347,8 +368,10 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(textwrap.fill(title, 120), fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        write_file(path, lambda file: fig.savefig(file, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = None) -> int:
@@ -363,6 +386,9 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
         saved = header.get("settings") if isinstance(header.get("settings"), dict) else {}
     for warning in apply_defaults(args, set() if given is None else given, saved):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
+                  inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
+                  allow_same=[("--save", "--resume")])
     run = Run(args, saved, comm)
     if args.resume:
         run.resume(args.resume)
@@ -372,7 +398,8 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
     if data.x_val is not None:
         eval_sets = {"val": (run.inputs(data.x_val), data.y_val), **eval_sets}
     if args.save and run.saved_epoch is None:
-        run.checkpoint(0)  # so that an interrupted first epoch still leaves a checkpoint to resume from
+        with _interrupts_deferred():
+            run.checkpoint(0)  # so that an interrupted first epoch still leaves a checkpoint to resume from
     started = time.perf_counter()
     try:
         history = run.trainer.fit(run.inputs(data.x_train), data.y_train, epochs=args.epochs, eval_sets=eval_sets,

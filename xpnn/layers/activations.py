@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import is_floating
+from ..validation import check_real
 from .base import Layer
 
 __all__ = ["ELU", "LeakyReLU", "ReLU", "Sigmoid", "Tanh", "sigmoid"]
@@ -51,9 +52,8 @@ class LeakyReLU(_Elementwise):
 
     def __init__(self, slope: float = 0.01):
         super().__init__()
-        if not slope >= 0:
-            raise ValueError(f"LeakyReLU: slope must be >= 0, got {slope}")
-        self.slope = slope
+        # slope >= 0 keeps the sign of x in y, which backward relies on.
+        self.slope = check_real("LeakyReLU", "slope", slope, low=0.0)
 
     def _forward(self, x: Any) -> Any:
         return self.xp.where(x > 0, x, self.slope * x)
@@ -93,9 +93,7 @@ class ELU(_Elementwise):
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
-        if not alpha > 0:
-            raise ValueError(f"ELU: alpha must be > 0, got {alpha}")
-        self.alpha = alpha
+        self.alpha = check_real("ELU", "alpha", alpha, low=0.0, low_open=True)
 
     def _forward(self, x: Any) -> Any:
         xp = self.xp

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..initializers import get_initializer
+from ..validation import check_bool, check_positive_int, check_real
 from .base import Layer
 
 __all__ = ["Affine", "Linear"]
@@ -32,10 +33,13 @@ class Affine(Layer):
 
     def __init__(self, n_in: int, n_out: int, init: str = "he", std: float | None = None, bias: bool = True):
         super().__init__()
-        for name, value in (("n_in", n_in), ("n_out", n_out)):
-            if not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"Affine: {name} must be a positive integer, got {value!r}")
-        self.n_in, self.n_out, self.init, self.std, self.bias = int(n_in), int(n_out), init, std, bias
+        self.n_in, self.n_out = check_positive_int("Affine", "n_in", n_in), check_positive_int("Affine", "n_out", n_out)
+        if std is not None:
+            if init != "normal":
+                raise ValueError(f"Affine: std is only used by init='normal', got init={init!r}; "
+                                 "drop std or use init='normal'")
+            std = check_real("Affine", "std", std, low=0.0)
+        self.init, self.std, self.bias = init, std, check_bool("Affine", "bias", bias)
         self._initializer = get_initializer(init, **({} if std is None else {"std": std}))
         self.x: Any = None
         self._ones_cache: Any = None
@@ -46,6 +50,10 @@ class Affine(Layer):
         if self.bias:
             self.params["b"] = be.zeros((self.n_out,))
         self.grads = {key: be.zeros(value.shape) for key, value in self.params.items()}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``W`` (n_in, n_out) and, with a bias, ``b`` (n_out,)."""
+        return {"W": (self.n_in, self.n_out), **({"b": (self.n_out,)} if self.bias else {})}
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         W = self.params["W"]
@@ -73,6 +81,12 @@ class Affine(Layer):
             # Σ over the batch as ones·dy: a matrix-vector product is several times faster than a sum
             # over axis 0 on CuPy (strided reduction) and on torch's CPU, and no slower on NumPy.
             self.grads["b"] = self._ones(dy) @ dy
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(n_out,)`` for samples of shape ``(n_in,)``; any other input shape is refused."""
+        if tuple(input_shape) != (self.n_in,):
+            raise ValueError(f"{self!r}: expects samples of shape ({self.n_in},), got {tuple(input_shape)}")
+        return (self.n_out,)
 
     def to(self, backend: Any) -> Affine:
         self._ones_cache = None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..backend import Backend, Seed, get_backend
+from ..validation import check_bool
 
 __all__ = ["Layer"]
 
@@ -18,8 +22,32 @@ class Layer:
     state that is saved but not trained (BatchNorm's running statistics). Optimizers replace entries of
     ``params`` with new arrays rather than writing into them, so immutable array libraries work too.
 
-    Subclasses implement ``forward(x, *, train=False) -> y``, keeping only what backward needs, and
-    ``backward(dy) -> dx``, which fills ``grads`` and never modifies ``dy``.
+    Writing a layer (the whole contract; ``docs/custom_layer.md`` has a complete example):
+
+    - ``__init__`` calls ``super().__init__()`` first, then stores its (checked) arguments. No arrays yet:
+      the layer does not know its backend until it is built.
+    - ``initialize(rng)`` is called once by :meth:`build` (a :class:`~xpnn.Sequential` builds its layers)
+      after ``self.backend`` (a :class:`~xpnn.Backend`) and ``self.xp`` (its array-API namespace) are
+      set. Create every array there: ``self.backend.asarray(host_array)`` copies a NumPy array drawn
+      from ``rng`` (a ``numpy.random.Generator``, so every backend starts from the same weights);
+      ``self.backend.zeros(shape)`` / ``ones(shape)`` make constants in the backend's float dtype.
+      Fill ``self.params`` and ``self.buffers``. ``self.grads`` need not be pre-filled: ``backward``
+      assigns ``self.grads[key]`` for every key of ``params`` (pre-filling with zeros is harmless).
+    - ``forward(x, *, train=False) -> y`` computes with ``self.xp`` only (never ``import numpy`` for
+      array math, never ask which library is in use) and keeps on ``self`` exactly what ``backward``
+      needs. ``train`` tells training from evaluation (dropout, batch statistics).
+    - ``backward(dy) -> dx`` assigns every ``self.grads[key]`` (the same shape as ``params[key]``) and
+      returns dL/dx shaped like ``x``; it must not modify ``dy`` in place.
+    - ``config() -> dict`` returns the constructor arguments as JSON values. A layer whose ``__init__``
+      takes arguments must override it, or saving the model raises (it could not be rebuilt).
+    - Optional: ``output_shape(input_shape)`` (per-sample shapes, for :meth:`Sequential.summary`; the
+      default keeps the shape), ``param_shapes`` and ``reseed(seed)`` for layers that draw random numbers
+      (``self.random = self.backend.random(seed)``).
+
+    Every layer also takes a keyword ``trainable`` (default True), without declaring it: a frozen layer
+    (``trainable=False``) keeps its parameters unchanged under every optimizer, and the flag is saved.
+    Subclass names are registered so that saved models can be rebuilt; import (or define) the class
+    before loading a model that uses it.
     """
 
     registry: ClassVar[dict[str, type[Layer]]] = {}
@@ -27,6 +55,8 @@ class Layer:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         Layer.registry[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _accept_trainable(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -34,6 +64,16 @@ class Layer:
         self.buffers: dict[str, Any] = {}
         self.backend: Backend | None = None
         self.xp: Any = None
+        self._trainable = True
+
+    @property
+    def trainable(self) -> bool:
+        """Whether optimizers update this layer's parameters (False: frozen, its weights stay bit-identical)."""
+        return getattr(self, "_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self._trainable = check_bool(type(self).__name__, "trainable", value)
 
     # ------------------------------------------------------------------ set-up
     def build(self, backend: Any = "cpu", rng: np.random.Generator | Seed | None = 0) -> Layer:
@@ -96,15 +136,69 @@ class Layer:
     def __call__(self, x: Any, *, train: bool = False) -> Any:
         return self.forward(x, train=train)
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of every array in ``params`` and ``buffers`` that :meth:`build` will create.
+
+        Computed from the constructor arguments without allocating, so that :func:`xpnn.load` can refuse a
+        file whose configuration claims huge layers before building them. The default, ``{}``, means "not
+        declared": loading then falls back to building the layer and comparing afterwards.
+        """
+        return {}
+
     # ------------------------------------------------------------------ description
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one output sample for input samples of ``input_shape`` (no batch axis).
+
+        The default keeps the shape (element-wise layers); layers that change it override this and
+        raise ValueError for an input shape they cannot take.
+        """
+        return tuple(input_shape)
+
     def config(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this layer (saved as JSON with the model)."""
+        """Constructor arguments that rebuild this layer (saved as JSON with the model).
+
+        Override it whenever ``__init__`` takes arguments; the default (no arguments) is only right for
+        layers like ``ReLU()``.
+        """
         return {}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
+    def _check_config_defined(self) -> None:
+        """Raise if ``__init__`` takes arguments that ``config()`` does not report (the layer would reload wrong)."""
+        if type(self).config is not Layer.config:
+            return
+        init = type(self).__init__
+        names = [name for name, p in inspect.signature(init).parameters.items()
+                 if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if names:
+            listed = ", ".join(names)
+            returned = ", ".join(f'"{n}": self.{n}' for n in names)
+            raise TypeError(
+                f"{type(self).__name__} takes constructor arguments ({listed}) but does not define config(), so a "
+                f"saved model could not rebuild it; add: def config(self): return {{{returned}}}"
+            )
+
     def _require_built(self) -> None:
         if self.xp is None:
             raise RuntimeError(f"{self!r} has no backend yet; call .build(backend) or put it in a Sequential")
+
+
+_UNSET = object()
+
+
+def _accept_trainable(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a layer's ``__init__`` so that it also takes ``trainable=`` (as every Keras layer does)."""
+    if getattr(init, "_accepts_trainable", False):
+        return init
+
+    @functools.wraps(init)
+    def init_with_trainable(self: Layer, *args: Any, trainable: Any = _UNSET, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if trainable is not _UNSET:
+            self.trainable = trainable
+
+    init_with_trainable._accepts_trainable = True  # type: ignore[attr-defined]
+    return init_with_trainable

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import check_positive_int, check_real
 from .base import Layer
 
 __all__ = ["BatchNorm1d"]
@@ -31,9 +32,9 @@ class BatchNorm1d(Layer):
 
     def __init__(self, n_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
-        if not isinstance(n_features, int | np.integer) or n_features < 1:
-            raise ValueError(f"BatchNorm1d: n_features must be a positive integer, got {n_features!r}")
-        self.n_features, self.momentum, self.eps = int(n_features), momentum, eps
+        self.n_features = check_positive_int("BatchNorm1d", "n_features", n_features)
+        self.momentum = check_real("BatchNorm1d", "momentum", momentum, low=0.0, high=1.0)
+        self.eps = check_real("BatchNorm1d", "eps", eps, low=0.0, low_open=True)
         self.x_hat: Any = None
         self.inv_std: Any = None
         self.train_mode = False
@@ -43,6 +44,11 @@ class BatchNorm1d(Layer):
         self.params = {"gamma": be.ones(shape), "beta": be.zeros(shape)}
         self.grads = {"gamma": be.zeros(shape), "beta": be.zeros(shape)}
         self.buffers = {"running_mean": be.zeros(shape), "running_var": be.ones(shape)}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``gamma``, ``beta``, ``running_mean`` and ``running_var``, each (n_features,)."""
+        shape = (self.n_features,)
+        return {"gamma": shape, "beta": shape, "running_mean": shape, "running_var": shape}
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         self._require_built()
@@ -80,6 +86,12 @@ class BatchNorm1d(Layer):
         mean_d = xp.mean(d_xhat, axis=0)
         mean_d_xhat = xp.mean(d_xhat * self.x_hat, axis=0)
         return (d_xhat - mean_d - self.x_hat * mean_d_xhat) * self.inv_std
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(n_features,)``; any other per-sample shape is refused."""
+        if tuple(input_shape) != (self.n_features,):
+            raise ValueError(f"{self!r}: expects samples of shape ({self.n_features},), got {tuple(input_shape)}")
+        return (self.n_features,)
 
     def config(self) -> dict[str, Any]:
         return {"n_features": self.n_features, "momentum": self.momentum, "eps": self.eps}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import Seed
+from ..validation import check_real
 from .base import Layer
 
 __all__ = ["Dropout"]
@@ -25,9 +26,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = p
+        self.p = check_real("Dropout", "p", p, low=0.0, high=1.0, high_open=True)
         self.keep: Any = None
         self.random: Any = None
 

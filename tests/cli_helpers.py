@@ -1,0 +1,39 @@
+"""Running ``python -m xpnn.train`` as a user does: in a subprocess, reading its exit code and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import xpnn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 120, warnings_as_errors: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter; NumPy RuntimeWarnings become errors so that none can slip out."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flags = ["-W", "error::RuntimeWarning"] if warnings_as_errors else []
+    return subprocess.run([sys.executable, *flags, "-m", "xpnn.train", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, **kwargs)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a failed run (no traceback, no warnings before it)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def checkpoint_state(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    return xpnn.serialization.read_npz(path, "checkpoint")

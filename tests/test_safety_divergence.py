@@ -1,0 +1,125 @@
+"""Divergence is caught for every optimizer, and what is kept (checkpoint and model) is good.
+
+Diverged means: a non-finite training or evaluation loss, a non-finite weight, or an epoch's training loss
+more than 100 times the loss of the first batch trained. Checked once per epoch, from one read-back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnn
+from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line
+from tests.idx import make_dataset
+from xpnn.callbacks import LambdaCallback
+from xpnn.trainer import DivergenceError, Trainer
+
+FAST = ["--epochs", "3", "--batch-size", "50", "--hidden", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("lr", ["1e6", "1e30", "1e300"])
+def test_a_huge_learning_rate_stops_with_one_line_and_keeps_the_last_good_checkpoint(dataset, tmp_path, optimizer,
+                                                                                     lr):
+    save, log = tmp_path / "ck.npz", tmp_path / "m.jsonl"
+    result = cli("--data-dir", dataset, *FAST, "--optimizer", optimizer, "--lr", lr, "--save", save,
+                 "--metrics", log)
+    assert result.returncode == 1
+    line = one_error_line(result)  # no RuntimeWarning (they are errors in cli()) and no traceback
+    assert "training diverged in epoch 1" in line and f"try a smaller --lr (now {float(lr)})" in line
+    assert f"the last good checkpoint (epoch 0) is in {save}" in line
+    arrays, header = checkpoint_state(save)
+    assert header["epoch"] == 0 and header["history"] == []
+    assert all(np.all(np.isfinite(a)) and np.abs(a).max() < 10 for a in arrays.values())
+    assert not log.exists()  # no metrics for an epoch that diverged
+
+
+def test_resuming_the_last_good_checkpoint_at_a_small_lr_trains(dataset, tmp_path):
+    save = tmp_path / "ck.npz"
+    assert cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "1e6", "--save", save).returncode == 1
+    log = tmp_path / "m.jsonl"
+    # A fresh run from the kept checkpoint: the lr differs, so it is refused for --resume, and a new --save works.
+    refused = cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "0.05", "--resume", save)
+    assert refused.returncode == 2 and "--lr 0.05 differs from the checkpoint's 1000000.0" in refused.stderr
+    model = xpnn.mlp([64, 16, 3], dropout=0.1, seed=1)
+    arrays, _ = checkpoint_state(save)
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    x, y = np.random.default_rng(0).random((60, 64)).astype(np.float32), np.arange(60) % 3
+    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.05), x, y, epochs=2, verbose=False)
+    assert all(np.isfinite(row["train_loss"]) for row in history)
+    assert cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "0.05", "--metrics", log).returncode == 0
+    assert metrics(log)[-1]["test_accuracy"] > 0.9
+
+
+def _blobs(n=200):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    return (rng.standard_normal((n, 6)) + 3 * np.eye(3, 6)[y]).astype(np.float32), y
+
+
+def test_divergence_in_a_later_epoch_puts_back_the_last_good_weights():
+    x, y = _blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    kept = {}
+
+    def sabotage(trainer, row):
+        kept.update(trainer.snapshot())
+        if row["epoch"] == 2:  # a learning rate that explodes from epoch 3 on
+            trainer.base_lr = 1e12
+
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=20, schedule=lambda epoch: 1.0)
+    with pytest.raises(DivergenceError, match="training diverged in epoch 3"):
+        trainer.fit(x, y, epochs=5, verbose=False, callbacks=[LambdaCallback(sabotage)])
+    assert len(trainer.history) == 2
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, kept[name])
+
+
+def test_non_finite_weights_are_divergence_even_when_the_loss_is_finite():
+    x, y = _blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    # A hidden unit with bias -inf is cut off by ReLU: the loss stays finite, the weights do not.
+    b = np.array(model.layers[0].params["b"])
+    b[0] = -np.inf
+    model.layers[0].params["b"] = model.backend.asarray(b)
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=50)
+    with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="parameter arrays hold NaN or infinite"):
+        trainer.run_epoch(trainer.device_data(x, y), 0)
+
+
+def test_a_loss_far_above_its_start_is_divergence_and_the_factor_can_be_switched_off():
+    x, y = _blobs()
+    for factor, diverges in ((100.0, True), (None, False)):
+        model = xpnn.mlp([6, 8, 3], seed=0)
+        trainer = Trainer(model, xpnn.optim.Adam(model, lr=50.0), batch_size=20, divergence_factor=factor)
+        data = trainer.device_data(x, y)
+        with np.errstate(all="ignore"):
+            if diverges:
+                with pytest.raises(DivergenceError, match="more than 100 times the"):
+                    for index in range(5):
+                        trainer.run_epoch(data, index)
+            else:
+                rows = [trainer.run_epoch(data, index) for index in range(2)]
+                assert np.isfinite(rows[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5, -3.0, float("nan")])
+def test_the_divergence_factor_must_exceed_one(factor):
+    model = xpnn.mlp([2, 2])
+    with pytest.raises(ValueError, match="divergence_factor must be > 1"):
+        Trainer(model, xpnn.optim.SGD(model, lr=0.1), divergence_factor=factor)
+
+
+def test_a_non_finite_test_loss_is_divergence():
+    x, y = _blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    huge = np.full((10, 6), 3e38, np.float32)  # finite inputs whose products overflow float32
+    with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="test loss"):
+        xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, epochs=1, verbose=False,
+                 eval_sets={"test": (huge, y[:10])})

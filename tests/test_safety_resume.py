@@ -1,0 +1,122 @@
+"""Resume is exact or it says why not.
+
+A checkpoint stores the run's settings. On --resume, flags not given are taken from it; a flag given with
+another value is refused (exit 2) naming both values, except --epochs, which may grow with a warning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line
+from tests.idx import make_dataset
+from xpnn.serialization import write_npz
+
+BASE = ["--epochs", "2", "--batch-size", "50", "--hidden", "16", "--lr", "0.05", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(dataset, tmp_path_factory):
+    save = tmp_path_factory.mktemp("ck") / "ck.npz"
+    assert cli("--data-dir", dataset, *BASE, "--save", save).returncode == 0
+    return save
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seed", "2"], "--seed 2 differs from the checkpoint's 1"),
+        (["--batch-size", "25"], "--batch-size 25 differs from the checkpoint's 50"),
+        (["--lr", "0.2"], "--lr 0.2 differs from the checkpoint's 0.05"),
+        (["--schedule", "constant"], "--schedule constant differs from the checkpoint's cosine"),
+        (["--optimizer", "sgd"], "--optimizer sgd differs from the checkpoint's adam"),
+        (["--weight-decay", "0.01"], "--weight-decay 0.01 differs from the checkpoint's 0.0"),
+        (["--dropout", "0.3"], "--dropout 0.3 differs from the checkpoint's 0.1"),
+        (["--hidden", "8"], "--hidden 8 differs from the checkpoint's 16"),
+        (["--hidden", "16,16"], "--hidden 16,16 differs from the checkpoint's 16"),
+        (["--activation", "tanh"], "--activation tanh differs from the checkpoint's relu"),
+        (["--val", "50"], "--val 50 differs from the checkpoint's 0"),
+        (["--full-batch"], "--full-batch (on) differs from the checkpoint's (off)"),
+        (["--model", "cnn"], "--model cnn differs from the checkpoint's mlp"),
+        (["--init", "xavier"], "--init xavier differs from the checkpoint's None"),
+        (["--momentum", "0.5"], "--momentum 0.5 differs from the checkpoint's 0.9"),
+        (["--dataset", "fashion-mnist"], "--dataset fashion-mnist differs from the checkpoint's mnist"),
+        (["--lr=0.2"], "--lr 0.2 differs from the checkpoint's 0.05"),
+    ],
+)
+def test_a_changed_setting_is_refused_naming_the_flag_and_both_values(dataset, checkpoint, flags, message):
+    before = checkpoint.read_bytes()
+    result = cli("--data-dir", dataset, *BASE, *flags, "--resume", checkpoint, "--save", checkpoint)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert checkpoint.read_bytes() == before  # nothing written
+
+
+def test_other_data_is_refused(checkpoint, tmp_path):
+    other = make_dataset(tmp_path / "other", seed=5)
+    result = cli("--data-dir", other, *BASE, "--resume", checkpoint)
+    assert result.returncode == 2 and "the checkpoint was trained on other data" in result.stderr
+
+
+def test_flags_left_out_are_taken_from_the_checkpoint_and_the_result_is_exact(dataset, tmp_path):
+    flags = ["--data-dir", dataset, "--batch-size", "40", "--hidden", "12", "--lr", "0.05", "--seed", "3",
+             "--optimizer", "momentum", "--schedule", "constant", "--dropout", "0.2", "--quiet"]
+    straight, resumed, save = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "ck.npz"
+    assert cli(*flags, "--epochs", "4", "--metrics", straight).returncode == 0
+    assert cli(*flags, "--epochs", "2", "--save", save).returncode == 0
+    result = cli("--data-dir", dataset, "--resume", save, "--epochs", "4", "--save", save, "--metrics", resumed,
+                 "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "--epochs 4 differs from the checkpoint's 2: training continues to epoch 4" in result.stderr
+    assert "cosine" not in result.stderr
+    a, b = metrics(straight), metrics(resumed)
+    assert [row["epoch"] for row in b] == [1, 2, 3, 4]
+    for row_a, row_b in zip(a, b, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
+            assert row_a[key] == row_b[key], key
+
+
+def test_more_epochs_with_a_cosine_schedule_warns_what_changes(dataset, checkpoint, tmp_path):
+    result = cli("--data-dir", dataset, *BASE[2:], "--epochs", "3", "--resume", checkpoint)
+    assert result.returncode == 0, result.stderr
+    assert "the cosine schedule now spans 3 epochs" in result.stderr
+
+
+def test_fewer_epochs_than_the_checkpoint_holds_is_refused(dataset, checkpoint):
+    result = cli("--data-dir", dataset, *BASE[2:], "--epochs", "1", "--resume", checkpoint)
+    assert result.returncode == 2 and "has already trained 2 epochs" in result.stderr
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(dataset, checkpoint):
+    result = cli("--data-dir", dataset, *BASE, "--resume", checkpoint)
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def _tampered(checkpoint, tmp_path, change):
+    arrays, header = checkpoint_state(checkpoint)
+    change(arrays, header)
+    return write_npz(tmp_path / "tampered.npz", arrays, header)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a, h: a.pop("optim.m.0.W"), "m.0.W"),
+        (lambda a, h: a.__setitem__("optim.v.2.b", np.float32(0.5)), "v.2.b"),
+        (lambda a, h: a.__setitem__("optim.m.0.b", np.zeros(7, np.float32)), "m.0.b"),
+        (lambda a, h: a.__setitem__("optim.m.9.W", np.zeros(3, np.float32)), "m.9.W"),
+    ],
+    ids=["missing-moment", "scalar-moment", "wrong-shape", "extra-key"],
+)
+def test_optimizer_state_is_checked_key_by_key_and_shape_by_shape(dataset, checkpoint, tmp_path, change, message):
+    tampered = _tampered(checkpoint, tmp_path, change)
+    result = cli("--data-dir", dataset, *BASE, "--resume", tampered)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert str(tampered) in line and message in line

@@ -1,0 +1,111 @@
+"""Signals, resources and messages: Ctrl-C anywhere, out of memory and bad numbers end in one line."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import xpnn
+from tests.cli_helpers import ROOT, checkpoint_state, cli, one_error_line
+from tests.idx import make_dataset
+from xpnn import train as cli_module
+
+FAST = ["--batch-size", "50", "--hidden", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["load_dataset", "get_backend", "plot_history", "read_npz"])
+def test_ctrl_c_outside_the_epoch_loop_is_one_line_and_exit_130(dataset, tmp_path, monkeypatch, capsys, where):
+    monkeypatch.setattr(cli_module, where, _interrupt)
+    save = tmp_path / "ck.npz"
+    if where == "read_npz":
+        assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "1", "--save", str(save)]) == 0
+        capsys.readouterr()
+    argv = ["--data-dir", str(dataset), *FAST, "--epochs", "1", "--plot", str(tmp_path / "p.png")]
+    if where == "read_npz":
+        argv += ["--resume", str(save)]
+    assert cli_module.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and len(err) <= 2 and "interrupted" in err[0] and "Traceback" not in "".join(err)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.4, 0.8, 1.2, 1.6, 2.5])
+def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_path, delay):
+    save = tmp_path / "ck.npz"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--batch-size", "50",
+                                "--hidden", "16", "--epochs", "100000", "--full-batch", "--save", str(save)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().startswith("xpnn:")  # past Python's own start-up and the data loading
+    time.sleep(delay * random.uniform(0.8, 1.2))
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and 1 <= len(err.strip().splitlines()) <= 3
+    if save.exists():  # written before epoch 1 unless the signal came first
+        _, header = checkpoint_state(save)
+        assert f"checkpoint after epoch {header['epoch']} is in {save}" in err
+        resumed = cli("--data-dir", dataset, *FAST, "--full-batch", "--resume", save,
+                      "--epochs", str(header["epoch"] + 1))
+        assert resumed.returncode == 0, resumed.stderr
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_out_of_memory_is_one_line(dataset):
+    result = cli("--data-dir", dataset, "--hidden", "100000000000", "--epochs", "1", "--quiet")
+    assert result.returncode == 1
+    assert "out of memory; try a smaller --hidden" in one_error_line(result)
+
+
+def test_memory_error_anywhere_is_one_line(dataset, monkeypatch, capsys):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(cli_module.Trainer, "fit", exhausted)
+    assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "1"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "python -m xpnn.train: error: out of memory; try a smaller --hidden, --batch-size or --full-batch off")
+
+
+@pytest.mark.parametrize("value", ["0", "0.0", "0.00", "0e0", "-0.0"])
+def test_zero_weight_decay_is_accepted_in_any_spelling(dataset, value):
+    assert cli("--data-dir", dataset, *FAST, "--epochs", "1", "--weight-decay", value).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seed", "-1"], "argument --seed: must be a whole number >= 0, got -1"),
+        (["--seed", "1.5"], "argument --seed: expected a whole number >= 0, got '1.5'"),
+        (["--weight-decay", "-0.1"], "argument --weight-decay: must be a finite number >= 0, got -0.1"),
+        (["--weight-decay", "inf"], "argument --weight-decay: must be a finite number >= 0, got inf"),
+        (["--weight-decay", "nan"], "argument --weight-decay: must be a finite number >= 0, got nan"),
+        (["--weight-decay", "x"], "argument --weight-decay: expected a number, got 'x'"),
+        (["--lr", "inf"], "argument --lr: must be a positive finite number, got inf"),
+        (["--momentum", "1"], "argument --momentum: must be in [0, 1), got 1"),
+        (["--val", "-5"], "argument --val: must be a whole number >= 0, got -5"),
+        (["--epochs", "1e3"], "argument --epochs: expected a positive integer, got '1e3'"),
+        (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
+        (["--batch"], "unrecognized arguments: --batch"),
+    ],
+)
+def test_bad_numbers_name_the_flag(dataset, flags, message):
+    result = cli("--data-dir", dataset, *FAST, *flags)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_the_library_version_is_importable():
+    assert xpnn.__version__
