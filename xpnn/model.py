@@ -684,8 +684,8 @@ def _construct(registry: dict[str, type], spec: dict[str, Any], what: str, sourc
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in registry:
-        raise FormatError(f"{source}: unknown {what} type {kind!r} in the saved configuration "
-                          f"(known: {', '.join(sorted(registry))})")
+        raise FormatError(f"{source}: unknown {what} type {kind!r} in the saved configuration; if it is a custom "
+                          f"{what}, define or import its class before loading (known: {', '.join(sorted(registry))})")
     try:
         return registry[kind](**spec)
     except (TypeError, ValueError, OverflowError) as error:
