@@ -684,8 +684,9 @@ def _construct(registry: dict[str, type], spec: dict[str, Any], what: str, sourc
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in registry:
+        known = ", ".join(sorted(name for name in registry if not name.startswith("_")))
         raise FormatError(f"{source}: unknown {what} type {kind!r} in the saved configuration; if it is a custom "
-                          f"{what}, define or import its class before loading (known: {', '.join(sorted(registry))})")
+                          f"{what.split()[0]}, define or import its class before loading (known: {known})")
     try:
         return registry[kind](**spec)
     except (TypeError, ValueError, OverflowError) as error:
