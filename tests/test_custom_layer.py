@@ -101,5 +101,6 @@ def test_loading_an_unknown_custom_layer_says_to_define_or_import_it(tmp_path, m
     Scale = doc_namespace()["Scale"]
     path = xpnn.Sequential([xpnn.Affine(3, 5), Scale(5), xpnn.Affine(5, 2)]).save(tmp_path / "custom.npz")
     monkeypatch.delitem(xpnn.Layer.registry, "Scale")  # as in a fresh process that never defined it
-    with pytest.raises(xpnn.FormatError, match=r"unknown layer 1 type 'Scale'.*custom layer, define or import its class before"):
+    message = r"unknown layer 1 type 'Scale'.*custom layer, define or import its class before"
+    with pytest.raises(xpnn.FormatError, match=message):
         xpnn.load(path)
