@@ -16,8 +16,12 @@ from . import data, initializers, layers, losses, optim, trainer
 from .backend import Backend, BackendError, get_backend
 from .gradcheck import gradcheck
 from .layers import ELU, Add, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, Mul, ReLU, Sigmoid, Tanh
+from .layers.batchnorm import BatchNorm2d
+from .layers.conv import Conv2d
+from .layers.pooling import AvgPool2d, MaxPool2d
+from .layers.reshape import Flatten
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
-from .model import Sequential, load, mlp
+from .model import Sequential, cnn, load, mlp
 from .serialization import FormatError
 from .trainer import Trainer
 
@@ -28,4 +32,5 @@ __all__ = [
     "Layer", "LeakyReLU", "Linear", "MeanSquaredError", "Mul", "ReLU", "Sequential", "Sigmoid",
     "SoftmaxCrossEntropy", "Tanh", "Trainer", "data", "get_backend", "gradcheck", "initializers", "layers", "load",
     "losses", "mlp", "optim", "trainer",
+    "AvgPool2d", "BatchNorm2d", "Conv2d", "Flatten", "MaxPool2d", "cnn",
 ]

@@ -12,6 +12,10 @@ import numpy as np
 
 from .backend import Backend, get_backend
 from .layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
+from .layers.batchnorm import BatchNorm2d
+from .layers.conv import Conv2d
+from .layers.pooling import MaxPool2d
+from .layers.reshape import Flatten
 from .losses import Loss, SoftmaxCrossEntropy
 from .serialization import FormatError, read_npz, write_npz
 
@@ -296,3 +300,80 @@ def mlp(
                 layers.append(Dropout(dropout))
     return Sequential(layers, loss, backend=backend, seed=seed)
 
+
+
+def cnn(
+    channels: Sequence[int] = (1, 32, 64),
+    sizes: Sequence[int] = (128, 10),
+    *,
+    image_size: int | tuple[int, int] = 28,
+    kernel_size: int = 3,
+    pool: int = 2,
+    activation: str = "relu",
+    init: str | None = None,
+    dropout: float = 0.5,
+    batchnorm: bool = False,
+    loss: Loss | None = None,
+    backend: Backend | str = "cpu",
+    seed: int = 0,
+) -> Sequential:
+    """A convolutional network: conv blocks of ``channels``, then a multilayer perceptron of ``sizes``.
+
+    Each block is Conv2d (``kernel_size``, stride 1, padding that keeps the size for odd kernels),
+    optionally BatchNorm2d, the activation and MaxPool2d(``pool``); then Flatten and Affine layers with
+    the activation (and dropout) between them. The defaults build the two-conv network of issue 8:
+    conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
+    dropout 0.5; 128->10.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        ``[in_channels, block channels...]``, e.g. ``[1, 32, 64]``.
+    sizes : sequence of int
+        Dense layers after flattening, ``[hidden..., n_out]``; the flattened size is computed.
+    image_size : int or (int, int)
+        Height and width of the input images; inputs are (N, channels[0], H, W).
+    kernel_size : int
+        Side of the square convolution kernels (odd sizes keep the spatial size).
+    pool : int
+        Side and stride of the max-pooling windows (1 disables pooling).
+    activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
+        Activation after every convolution and hidden dense layer.
+    init : str, optional
+        Weight initializer; defaults to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
+    dropout : float
+        Dropout probability after each hidden dense activation (0 disables it).
+    batchnorm : bool
+        Insert BatchNorm2d after each convolution (before the activation).
+    loss, backend, seed
+        As for :class:`Sequential`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if len(channels) < 2 or len(sizes) < 1:
+        raise ValueError(f"cnn needs at least [in_channels, channels] and [n_out], got {list(channels)} and "
+                         f"{list(sizes)}")
+    if init is None:
+        init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
+    layers: list[Layer] = []
+    shape: tuple[int, ...] = (channels[0], *(image_size if isinstance(image_size, tuple | list) else
+                                            (image_size, image_size)))
+    for c_in, c_out in itertools.pairwise(channels):
+        conv = Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, init=init)
+        shape = conv.output_shape(shape)
+        layers.append(conv)
+        if batchnorm:
+            layers.append(BatchNorm2d(c_out))
+        layers.append(ACTIVATIONS[activation]())
+        if pool > 1:
+            layers.append(MaxPool2d(pool))
+            shape = layers[-1].output_shape(shape)
+    layers.append(Flatten())
+    dense = [int(np.prod(shape)), *sizes]
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(dense)):
+        layers.append(Affine(n_in, n_out, init=init))
+        if index < len(dense) - 2:
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(Dropout(dropout))
+    return Sequential(layers, loss, backend=backend, seed=seed)
