@@ -220,9 +220,7 @@ class Conv2d(Layer):
         xp = self.xp
         cols, self.cols, self.W_matrix = self.cols, None, None  # backward runs once per forward
         kh, kw = self.kernel_size
-        # (kh·kw·C, out), rows ordered (i, j, c). tensordot, not matrix_transpose(cols) @ dy_rows: NumPy's
-        # matmul runs its slow non-BLAS loop on the transposed view when kh·kw·C is small (50x at 9).
-        dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))
+        dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
                                           (3, 2, 0, 1))
         if self.bias:
