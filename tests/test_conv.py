@@ -366,3 +366,22 @@ def test_cnn_learns_real_fashion_mnist_subset():
     trainer.run_epoch(data, 0, {})
     after = model.accuracy(x_test, y_test, batch_size=500)
     assert before < 0.3 and after > 0.6, (before, after)  # 0.72 measured; chance is 0.1
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [((3, 3), (1, 1), (6, 5)), ((3, 2), (2, 1), (7, 6)),
+                                                         ((2, 3), (2, 3), (5, 9)), ((1, 1), (1, 1), (3, 4))])
+def test_numpy_strided_unfold_equals_the_generic_reference(rng, kernel, stride, size):
+    from xpnn.layers.conv import output_size, unfold
+
+    backend = xpnn.get_backend("cpu")
+    x = backend.asarray(rng.standard_normal((3, *size, 4)))
+    out = output_size(size, kernel, stride)
+    fast = backend.unfold_fast(x, kernel, stride, out)
+    np.testing.assert_array_equal(fast, unfold(np, x, kernel, stride, out))
+    assert fast.shape == (3 * out[0] * out[1], kernel[0] * kernel[1] * 4)
+
+
+def test_strided_unfold_is_numpy_only(backend):
+    """Every other library takes the generic path, which the tests above check against torch."""
+    fast = backend.unfold_fast(backend.zeros((1, 3, 3, 1)), (2, 2), (1, 1), (2, 2))
+    assert (fast is not None) == (backend.name == "numpy")

@@ -189,7 +189,9 @@ class Conv2d(Layer):
             padded[:, ph : ph + h, pw : pw + w, :] = x
             x = padded
         kh, kw = self.kernel_size
-        self.cols = unfold(xp, x, self.kernel_size, self.stride, (oh, ow))
+        self.cols = self.backend.unfold_fast(x, self.kernel_size, self.stride, (oh, ow))
+        if self.cols is None:
+            self.cols = unfold(xp, x, self.kernel_size, self.stride, (oh, ow))
         self.W_matrix = xp.reshape(xp.permute_dims(W, (2, 3, 1, 0)), (kh * kw * c, self.out_channels))
         self.padded_shape, self.input_size = tuple(x.shape), (h, w)
         y = self.cols @ self.W_matrix
