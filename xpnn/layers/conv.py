@@ -183,6 +183,7 @@ class Conv2d(Layer):
             raise TypeError(f"{self!r}: expected {W.dtype} input, got {x.dtype}; convert it with backend.asarray(x)")
         n, c, h, w = x.shape
         ph, pw = self.padding
+        self.cols = None  # free the last batch's patches before unfolding this one (evaluation never calls backward)
         x = xp.permute_dims(x, (0, 2, 3, 1))  # channels-last: each patch row is contiguous runs of C
         if ph or pw:
             padded = self.backend.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
