@@ -238,3 +238,131 @@ def rounds(default: int) -> int:
 
 def gflops(n: int, batch: int, seconds: float) -> float:
     return epoch_flops(n, batch) / seconds / 1e9 if seconds > 0 and math.isfinite(seconds) else float("nan")
+
+
+# ---------------------------------------------------------------------- the CNN of issue 8
+# conv 1->32 3x3 pad 1, ReLU, max-pool 2; conv 32->64 3x3 pad 1, ReLU, max-pool 2; 3136->128, ReLU; 128->10.
+CNN_LR = 0.01
+
+
+def cnn_images(x: np.ndarray) -> np.ndarray:
+    """MNIST-shaped rows (N, 784) as the CNN's (N, 1, 28, 28) images."""
+    return np.ascontiguousarray(x.reshape(-1, 1, 28, 28))
+
+
+def cnn_matmul_shapes(batch: int) -> list[tuple[tuple[int, int], tuple[int, int], bool]]:
+    """(input rows × features, weight matrix, whether its input gradient is needed) of every product per step."""
+    return [((batch * 28 * 28, 1 * 9), (9, 32), False),  # conv 1 as im2col
+            ((batch * 14 * 14, 32 * 9), (32 * 9, 64), True),  # conv 2 as im2col
+            ((batch, 3136), (3136, 128), True),
+            ((batch, 128), (128, 10), True)]
+
+
+def cnn_epoch_flops(n: int, batch: int) -> int:
+    """Floating-point operations of the CNN epoch's matrix products (forward, weight and input gradients)."""
+    steps = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    total = 0
+    for b in steps:
+        for (rows, k), (_, out), input_grad in cnn_matmul_shapes(b):
+            total += 2 * rows * k * out * (3 if input_grad else 2)
+    return total
+
+
+def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """xpnn.cnn() without dropout, SGD, the trainer's epoch (shuffled, batches cut on the device)."""
+    backend = xpnn_backend(backend_name)
+    model = xpnn.cnn(dropout=0.0, backend=backend, seed=0)
+    model.check_values = False
+    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=CNN_LR), batch_size=batch, seed=0)
+    data = trainer.device_data(cnn_images(x), y)
+    counter = iter(range(10**9))
+
+    def run() -> None:
+        loss = trainer.train_epoch(data, next(counter))["loss"]
+        backend.sync()
+        del loss
+
+    return Epoch("xpnn", backend_name, batch, x.shape[0], run)
+
+
+def pytorch_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """The same CNN as PyTorch users write it (nn.Conv2d, nn.MaxPool2d: oneDNN on the CPU, cuDNN on a GPU)."""
+    torch = _torch()
+    device = torch_device(backend_name)
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=CNN_LR)
+    loss_fn = nn.CrossEntropyLoss()
+    inputs = torch.from_numpy(cnn_images(x)).to(device)
+    targets = torch.from_numpy(y).to(device)
+    n = inputs.shape[0]
+
+    def run() -> None:
+        order = torch.randperm(n, device=device)
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs[index]), targets[index])
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return Epoch("pytorch", backend_name, batch, n, run)
+
+
+def cnn_matmul_bound(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """Only the CNN epoch's matrix products (convolutions as im2col products), at their real shapes.
+
+    Weight gradients are ``dot(a.T, d)``, the form xpnn's tensordot reaches (NumPy's matmul is much slower
+    on a transposed operand with few columns).
+    """
+    n = x.shape[0]
+    batches = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    if backend_name == "numpy":
+        lib, put, mm = np, np.asarray, np.dot
+        sync = lambda: None  # noqa: E731
+    elif backend_name == "cupy":
+        try:
+            import cupy as lib
+        except ImportError:
+            raise LookupError("cupy is not installed") from None
+        put, mm = lib.asarray, lib.matmul
+        sync = lambda: lib.cuda.Device().synchronize()  # noqa: E731
+    else:
+        torch = _torch()
+        device = torch_device(backend_name)
+        lib, mm = torch, torch.matmul
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(0)
+    products = {}
+    for b in set(batches):
+        products[b] = []
+        for (rows, k), (_, out), input_grad in cnn_matmul_shapes(b):
+            a, W, d = (put(rng.random(shape, dtype=np.float32)) for shape in ((rows, k), (k, out), (rows, out)))
+            outputs = [put(np.empty(shape, np.float32)) for shape in ((rows, out), (k, out), (rows, k))]
+            products[b].append((a, W, d, input_grad, outputs))
+
+    def run() -> None:
+        for b in batches:
+            for a, W, d, input_grad, (y_out, dW, dx) in products[b]:
+                mm(a, W, out=y_out)
+                mm(a.T, d, out=dW)
+                if input_grad:
+                    mm(d, W.T, out=dx)
+        sync()
+
+    return Epoch("matmul-bound", backend_name, batch, n, run)
+
+
+CNN_IMPLEMENTATIONS = {"xpnn": xpnn_cnn_epoch, "pytorch": pytorch_cnn_epoch, "matmul-bound": cnn_matmul_bound}
+
+
+def make_cnn_epoch(implementation: str, backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    return CNN_IMPLEMENTATIONS[implementation](backend_name, x, y, batch)

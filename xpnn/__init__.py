@@ -20,18 +20,36 @@ from . import callbacks, data, initializers, layers, losses, metrics, optim, tra
 from .backend import Backend, BackendError, get_backend
 from .callbacks import Callback, EarlyStopping, History
 from .gradcheck import gradcheck
-from .layers import ELU, Add, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, Mul, ReLU, Sigmoid, Tanh
+from .layers import (
+    ELU,
+    Add,
+    Affine,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    Mul,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
-from .model import IncompatibleKeys, Sequential, load, mlp
+from .model import IncompatibleKeys, Sequential, cnn, load, mlp
 from .serialization import FormatError
 from .trainer import DivergenceError, Trainer, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError", "BatchNorm1d", "Callback", "DivergenceError",
-    "Dropout", "EarlyStopping", "FormatError", "History", "IncompatibleKeys", "Layer", "LeakyReLU", "Linear",
-    "MeanSquaredError", "Mul", "ReLU", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "Trainer", "callbacks",
-    "data", "fit", "get_backend", "gradcheck", "initializers", "layers", "load",
-    "losses", "metrics", "mlp", "optim", "trainer",
+    "AvgPool2d", "BatchNorm2d", "Conv2d", "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError",
+    "BatchNorm1d", "Callback", "DivergenceError", "Dropout", "EarlyStopping", "Flatten", "FormatError", "History",
+    "IncompatibleKeys", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "MeanSquaredError", "Mul", "ReLU", "Sequential",
+    "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "Trainer", "callbacks", "cnn", "data", "fit", "get_backend", "gradcheck",
+    "initializers", "layers", "load", "losses", "metrics", "mlp", "optim", "trainer",
 ]

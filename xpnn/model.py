@@ -14,12 +14,16 @@ import numpy as np
 
 from .backend import Backend, get_backend, to_numpy
 from .layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
+from .layers.batchnorm import BatchNorm2d
+from .layers.conv import Conv2d
+from .layers.pooling import MaxPool2d
+from .layers.reshape import Flatten
 from .losses import Loss, SoftmaxCrossEntropy
 from .metrics import count_correct, has_accuracy, probabilities
 from .serialization import FormatError, open_npz, validate_header, write_npz
 from .validation import check_bool, check_positive_int, check_real
 
-__all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "load", "mlp"]
+__all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "cnn", "load", "mlp"]
 
 # Independent random streams derived from one seed (numpy.random.SeedSequence keys).
 INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM = 0, 1, 2
@@ -265,7 +269,7 @@ class Sequential:
         self.layers[first].backward_params(dy)
         return None
 
-    def evaluate(self, x: Any, t: Any, batch_size: int = 10_000) -> tuple[Any, Any]:
+    def evaluate(self, x: Any, t: Any, batch_size: int = 1000) -> tuple[Any, Any]:
         """Mean loss and number of correct predictions over ``x``, in evaluation mode.
 
         Parameters
@@ -307,7 +311,7 @@ class Sequential:
         xp = self.backend.xp
         return xp.asarray(total_loss / n), None if correct is None else xp.asarray(correct)
 
-    def accuracy(self, x: Any, t: Any, batch_size: int = 10_000) -> float:
+    def accuracy(self, x: Any, t: Any, batch_size: int = 1000) -> float:
         """Fraction of correctly predicted samples, in evaluation mode (arguments as for :meth:`evaluate`).
 
         Raises
@@ -769,3 +773,82 @@ def mlp(
             if dropout > 0:
                 layers.append(Dropout(dropout))
     return Sequential(layers, loss, backend=backend, seed=seed, input_shape=(int(sizes[0]),))
+
+
+
+def cnn(
+    channels: Sequence[int] = (1, 32, 64),
+    sizes: Sequence[int] = (128, 10),
+    *,
+    image_size: int | tuple[int, int] = 28,
+    kernel_size: int = 3,
+    pool: int = 2,
+    activation: str = "relu",
+    init: str | None = None,
+    dropout: float = 0.5,
+    batchnorm: bool = False,
+    loss: Loss | None = None,
+    backend: Backend | str = "cpu",
+    seed: int = 0,
+) -> Sequential:
+    """A convolutional network: conv blocks of ``channels``, then a multilayer perceptron of ``sizes``.
+
+    Each block is Conv2d (``kernel_size``, stride 1, padding that keeps the size for odd kernels),
+    optionally BatchNorm2d, the activation and MaxPool2d(``pool``); then Flatten and Affine layers with
+    the activation (and dropout) between them. The defaults build the two-conv network of issue 8:
+    conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
+    dropout 0.5; 128->10.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        ``[in_channels, block channels...]``, e.g. ``[1, 32, 64]``.
+    sizes : sequence of int
+        Dense layers after flattening, ``[hidden..., n_out]``; the flattened size is computed.
+    image_size : int or (int, int)
+        Height and width of the input images; inputs are (N, channels[0], H, W).
+    kernel_size : int
+        Side of the square convolution kernels (odd sizes keep the spatial size).
+    pool : int
+        Side and stride of the max-pooling windows (1 disables pooling).
+    activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
+        Activation after every convolution and hidden dense layer.
+    init : str, optional
+        Weight initializer; defaults to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
+    dropout : float
+        Dropout probability after each hidden dense activation (0 disables it).
+    batchnorm : bool
+        Insert BatchNorm2d after each convolution (before the activation).
+    loss, backend, seed
+        As for :class:`Sequential`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if len(channels) < 2 or len(sizes) < 1:
+        raise ValueError(f"cnn needs at least [in_channels, channels] and [n_out], got {list(channels)} and "
+                         f"{list(sizes)}")
+    if init is None:
+        init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
+    layers: list[Layer] = []
+    shape: tuple[int, ...] = (channels[0], *(image_size if isinstance(image_size, tuple | list) else
+                                            (image_size, image_size)))
+    input_shape = tuple(int(size) for size in shape)
+    for c_in, c_out in itertools.pairwise(channels):
+        conv = Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, init=init)
+        shape = conv.output_shape(shape)
+        layers.append(conv)
+        if batchnorm:
+            layers.append(BatchNorm2d(c_out))
+        layers.append(ACTIVATIONS[activation]())
+        if pool > 1:
+            layers.append(MaxPool2d(pool))
+            shape = layers[-1].output_shape(shape)
+    layers.append(Flatten())
+    dense = [int(np.prod(shape)), *sizes]
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(dense)):
+        layers.append(Affine(n_in, n_out, init=init))
+        if index < len(dense) - 2:
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(Dropout(dropout))
+    return Sequential(layers, loss, backend=backend, seed=seed, input_shape=input_shape)

@@ -111,7 +111,7 @@ MODELS = ("mlp", "cnn")
 # Defaults that differ by --model; a flag given on the command line always wins.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"epochs": 20, "lr": 0.001, "optimizer": "adam", "schedule": "cosine", "dropout": 0.1},
-    "cnn": {"epochs": 15, "lr": 0.001, "optimizer": "adam", "schedule": "cosine", "dropout": 0.25},
+    "cnn": {"epochs": 15, "lr": 0.001, "optimizer": "adam", "schedule": "cosine", "dropout": 0.5},
 }
 
 # Settings saved in a checkpoint: a resumed run takes them from the checkpoint when the flag is not given,
@@ -264,7 +264,8 @@ class Run:
             from .model import cnn
 
             self.image_shape = (1, *data.image_shape)
-            return cnn(self.image_shape, data.n_classes, dropout=args.dropout, backend=self.backend, seed=args.seed)
+            return cnn((1, 32, 64), (128, data.n_classes), image_size=data.image_shape, init=args.init or None,
+                       dropout=args.dropout, backend=self.backend, seed=args.seed)
         self.image_shape = None
         sizes = [data.n_features, *args.hidden, data.n_classes]
         return mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,

@@ -3,11 +3,14 @@
 from .activations import ELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .affine import Affine, Linear
 from .base import Layer
-from .batchnorm import BatchNorm1d
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .conv import Conv2d
 from .dropout import Dropout
 from .graph import Add, Mul
+from .pooling import AvgPool2d, MaxPool2d
+from .reshape import Flatten
 
 __all__ = [
-    "ELU", "Add", "Affine", "BatchNorm1d", "Dropout", "Layer", "LeakyReLU", "Linear", "Mul", "ReLU",
-    "Sigmoid", "Tanh",
+    "ELU", "Add", "Affine", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Layer",
+    "LeakyReLU", "Linear", "MaxPool2d", "Mul", "ReLU", "Sigmoid", "Tanh",
 ]

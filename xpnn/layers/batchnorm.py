@@ -1,4 +1,4 @@
-"""Batch normalization over the batch axis."""
+"""Batch normalization over the batch axis (and, for images, the spatial axes)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from ..validation import check_positive_int, check_real
 from .base import Layer
 
-__all__ = ["BatchNorm1d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
 
 
 class BatchNorm1d(Layer):
@@ -95,3 +95,60 @@ class BatchNorm1d(Layer):
 
     def config(self) -> dict[str, Any]:
         return {"n_features": self.n_features, "momentum": self.momentum, "eps": self.eps}
+
+
+class BatchNorm2d(BatchNorm1d):
+    """Batch normalization per channel of NCHW images, over the batch and both spatial axes.
+
+    It is :class:`BatchNorm1d` applied to every pixel's channel vector: the input is viewed as
+    (N·H·W, C) rows, so the statistics, the running averages (unbiased over N·H·W values, as PyTorch)
+    and the backward pass are BatchNorm1d's.
+
+    Parameters
+    ----------
+    num_features : int
+        Channels C.
+    momentum, eps : float
+        As for :class:`BatchNorm1d`.
+
+    Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, H, W); ``gamma``, ``beta`` and the running statistics (C,).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
+        if not isinstance(num_features, int | np.integer) or num_features < 1:
+            raise ValueError(f"BatchNorm2d: num_features must be a positive integer, got {num_features!r}")
+        super().__init__(num_features, momentum, eps)
+        self.image_shape: tuple[int, int, int, int] | None = None
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of gamma, beta, running_mean and running_var, from the constructor arguments alone."""
+        return {name: (self.n_features,) for name in ("gamma", "beta", "running_mean", "running_var")}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample shape (C, H, W) -> the same; ValueError for a wrong shape."""
+        if len(input_shape) != 3 or input_shape[0] != self.n_features:
+            raise ValueError(f"{self!r}: expected input of shape ({self.n_features}, H, W), got {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        self._require_built()
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) != 4 or shape[1] != self.n_features:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.n_features}, H, W), got {shape}")
+        n, c, h, w = shape
+        self.image_shape = (n, h, w, c)
+        y = super().forward(self._rows(x), train=train)
+        return self._images(y)
+
+    def backward(self, dy: Any) -> Any:
+        return self._images(super().backward(self._rows(dy)))
+
+    def _rows(self, a: Any) -> Any:
+        """(N, C, H, W) -> (N·H·W, C); free when ``a`` is channels-last in memory, as Conv2d's outputs are."""
+        return self.xp.reshape(self.xp.permute_dims(a, (0, 2, 3, 1)), (-1, self.n_features))
+
+    def _images(self, rows: Any) -> Any:
+        return self.xp.permute_dims(self.xp.reshape(rows, self.image_shape), (0, 3, 1, 2))
+
+    def config(self) -> dict[str, Any]:
+        return {"num_features": self.n_features, "momentum": self.momentum, "eps": self.eps}

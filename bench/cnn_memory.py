@@ -1,0 +1,51 @@
+"""Peak memory of one CNN training epoch (of SAMPLES images), measured in a fresh process.
+
+    python bench/cnn_memory.py IMPLEMENTATION BACKEND BATCH SAMPLES
+
+Prints one JSON object, measured as bench/memory.py measures the MLP: the rise of the peak resident set
+size on the CPU, the peak of the library's allocator on a GPU, beyond the data and the model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from implementations import load_data, make_cnn_epoch
+from memory import _status
+
+
+def measure(implementation: str, backend: str, batch: int, samples: int) -> dict:
+    x, y, source = load_data(samples)
+    epoch = make_cnn_epoch(implementation, backend, x, y, batch)
+    epoch.run()  # warm-up: caches, allocator pools, lazy initialization
+    if backend == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        before = pool.used_bytes()
+        epoch.run()
+        peak = pool.total_bytes() - before
+    elif backend == "torch-cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        epoch.run()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = _status("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        epoch.run()
+        peak = _status("VmHWM") - before
+    return {"implementation": implementation, "backend": backend, "batch": batch, "samples": samples,
+            "peak_mb": peak / 1e6, "kind": "device" if backend in ("cupy", "torch-cuda") else "host", "data": source}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))

@@ -1,0 +1,387 @@
+"""Conv2d, pooling, Flatten, BatchNorm2d and the CNN builder: gradient checks, torch references, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import array_api_compat
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn.gradcheck import gradcheck
+from xpnn.layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, MaxPool2d
+
+TOLERANCE = 1e-6
+EXACT = 1e-10
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+# (in, out, kernel, stride, padding, input H, W): stride 1 and 2, padding 0 and 1, non-square kernels and
+# inputs, sizes the stride does not divide.
+CONVS = {
+    "3x3-s1-p1": (2, 3, 3, 1, 1, 5, 6),
+    "3x2-s2-p0": (3, 2, (3, 2), 2, 0, 7, 6),
+    "2x3-s(2,1)-p(1,0)": (2, 2, (2, 3), (2, 1), (1, 0), 5, 4),
+    "1x1": (4, 3, 1, 1, 0, 3, 2),
+    "kernel-fills-input": (1, 2, (4, 3), 1, 0, 4, 3),
+}
+# (kernel, stride, input H, W): stride defaulting to the kernel, overlapping windows, odd sizes with dropped edges.
+POOLS = {
+    "2": (2, None, 4, 6),
+    "2-odd": (2, None, 5, 7),
+    "3-s2-overlap": (3, 2, 7, 6),
+    "(2,3)-s(1,2)": ((2, 3), (1, 2), 5, 7),
+    "3-s1": (3, 1, 4, 5),
+}
+
+
+def distinct(rng, shape):
+    """Values at least 0.01 apart in random order, so no max-pool window is near a tie (eps is 1e-6)."""
+    return rng.permutation(int(np.prod(shape))).reshape(shape) * 0.01 - 0.5
+
+
+def make_conv(name, **kwargs):
+    c_in, c_out, kernel, stride, padding, h, w = CONVS[name]
+    return Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, **kwargs), (2, c_in, h, w)
+
+
+# ---------------------------------------------------------------------- gradient checks
+@pytest.mark.parametrize("name", CONVS)
+def test_conv2d_backward_matches_numerical(backend64, rng, name):
+    conv, shape = make_conv(name)
+    conv.build(backend64, rng=3)
+    errors = gradcheck(conv, backend64.asarray(rng.standard_normal(shape)))
+    assert set(errors) == {"W", "b", "input"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_conv2d_without_bias_backward_matches_numerical(backend64, rng):
+    conv, shape = make_conv("3x2-s2-p0", bias=False)
+    conv.build(backend64, rng=3)
+    errors = gradcheck(conv, backend64.asarray(rng.standard_normal(shape)))
+    assert set(errors) == {"W", "input"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("pool", [MaxPool2d, AvgPool2d])
+@pytest.mark.parametrize("name", POOLS)
+def test_pooling_backward_matches_numerical(backend64, rng, pool, name):
+    kernel, stride, h, w = POOLS[name]
+    layer = pool(kernel, stride).build(backend64)
+    errors = gradcheck(layer, backend64.asarray(distinct(rng, (2, 3, h, w))))
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_flatten_backward_matches_numerical(backend64, rng):
+    errors = gradcheck(Flatten().build(backend64), backend64.asarray(rng.standard_normal((2, 3, 2, 4))))
+    assert errors["input"] < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm2d_backward_matches_numerical(backend64, rng, train):
+    layer = BatchNorm2d(3).build(backend64)
+    layer.forward(backend64.asarray(rng.standard_normal((4, 3, 2, 3)) + 1), train=True)  # running statistics
+    layer.params["gamma"] = backend64.asarray(rng.uniform(0.5, 1.5, 3))
+    errors = gradcheck(layer, backend64.asarray(rng.standard_normal((2, 3, 3, 2))), train=train)
+    assert set(errors) == {"gamma", "beta", "input"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_whole_cnn_backward_matches_numerical(backend64, rng):
+    """Two conv blocks with BatchNorm2d and max-pooling, odd image sizes, dropout: every gradient."""
+    model = xpnn.cnn([2, 3, 4], [5, 3], image_size=(7, 6), activation="tanh", dropout=0.3, batchnorm=True,
+                     backend=backend64, seed=1)
+    x = backend64.asarray(rng.standard_normal((3, 2, 7, 6)))
+    t = backend64.asarray(rng.integers(0, 3, 3))
+    errors = gradcheck(model, x, t, before=lambda: model.reseed(2))
+    assert set(errors) == {*model.named_parameters(), "input"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_gradcheck_catches_a_wrong_conv_backward(rng):
+    class FlippedConv(Conv2d):
+        def backward(self, dy):
+            return self.xp.flip(super().backward(dy), axis=3)  # input gradient mirrored left to right
+
+    backend = xpnn.get_backend("cpu", "float64")
+    conv = FlippedConv(1, 2, 3, padding=1).build(backend, rng=0)
+    assert gradcheck(conv, backend.asarray(rng.standard_normal((1, 1, 4, 5))))["input"] > 0.1
+
+
+# ---------------------------------------------------------------------- torch references
+def torch_functional():
+    return pytest.importorskip("torch"), pytest.importorskip("torch.nn.functional")
+
+
+def as_torch(backend, a, grad=True):
+    torch, _ = torch_functional()
+    return torch.tensor(backend.to_numpy(a), dtype=torch.float64, requires_grad=grad)
+
+
+def assert_exact(backend, ours, reference):
+    assert array_api_compat.device(ours) == backend.device
+    np.testing.assert_allclose(backend.to_numpy(ours), reference.detach().numpy(), rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_conv2d_equals_torch_forward_and_gradients(backend64, rng, name):
+    _, F = torch_functional()
+    conv, shape = make_conv(name)
+    conv.build(backend64, rng=5)
+    conv.params["b"] = backend64.asarray(rng.standard_normal(conv.out_channels))
+    x = backend64.asarray(rng.standard_normal(shape))
+    y = conv.forward(x, train=True)
+    xt, Wt, bt = (as_torch(backend64, a) for a in (x, conv.params["W"], conv.params["b"]))
+    yt = F.conv2d(xt, Wt, bt, stride=conv.stride, padding=conv.padding)
+    assert_exact(backend64, y, yt)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(as_torch(backend64, backend64.asarray(dy), grad=False))
+    dx = conv.backward(backend64.asarray(dy))
+    assert_exact(backend64, dx, xt.grad)
+    assert_exact(backend64, conv.grads["W"], Wt.grad)
+    assert_exact(backend64, conv.grads["b"], bt.grad)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("name", POOLS)
+def test_pooling_equals_torch_forward_and_gradient(backend64, rng, pool, name):
+    _, F = torch_functional()
+    kernel, stride, h, w = POOLS[name]
+    layer = (MaxPool2d if pool == "max" else AvgPool2d)(kernel, stride).build(backend64)
+    reference = F.max_pool2d if pool == "max" else F.avg_pool2d
+    x = backend64.asarray(distinct(rng, (2, 3, h, w)))
+    xt = as_torch(backend64, x)
+    yt = reference(xt, kernel, stride)
+    assert_exact(backend64, layer.forward(x, train=True), yt)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(as_torch(backend64, backend64.asarray(dy), grad=False))
+    assert_exact(backend64, layer.backward(backend64.asarray(dy)), xt.grad)
+
+
+def test_maxpool_gives_a_tied_window_gradient_to_its_first_maximum_as_torch_does(backend64):
+    _, F = torch_functional()
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 2:, 2:] = 3.0  # one window of four equal maxima, three windows of zeros
+    layer = MaxPool2d(2).build(backend64)
+    layer.forward(backend64.asarray(x))
+    dx = backend64.to_numpy(layer.backward(backend64.asarray(np.ones((1, 1, 2, 2)))))
+    xt = as_torch(backend64, backend64.asarray(x))
+    F.max_pool2d(xt, 2).sum().backward()
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    assert dx.sum() == 4 and dx[0, 0, 2, 2] == 1
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm2d_equals_torch_batch_norm(backend64, rng, train):
+    torch, F = torch_functional()
+    layer = BatchNorm2d(3, momentum=0.3).build(backend64)
+    layer.params["gamma"] = backend64.asarray(rng.uniform(0.5, 1.5, 3))
+    layer.params["beta"] = backend64.asarray(rng.standard_normal(3))
+    running_mean, running_var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    warm = rng.standard_normal((4, 3, 3, 2)) * 2 + 1
+    layer.forward(backend64.asarray(warm), train=True)
+    F.batch_norm(torch.tensor(warm), running_mean, running_var, training=True, momentum=0.3)
+
+    x = backend64.asarray(rng.standard_normal((2, 3, 4, 5)) * 3 - 1)
+    xt, gt, bt = (as_torch(backend64, a) for a in (x, layer.params["gamma"], layer.params["beta"]))
+    yt = F.batch_norm(xt, running_mean, running_var, gt, bt, training=train, momentum=0.3, eps=1e-5)
+    assert_exact(backend64, layer.forward(x, train=train), yt)
+    assert_exact(backend64, layer.buffers["running_mean"], running_mean)
+    assert_exact(backend64, layer.buffers["running_var"], running_var)
+    dy = rng.standard_normal((2, 3, 4, 5))
+    yt.backward(torch.tensor(dy))
+    assert_exact(backend64, layer.backward(backend64.asarray(dy)), xt.grad)
+    assert_exact(backend64, layer.grads["gamma"], gt.grad)
+    assert_exact(backend64, layer.grads["beta"], bt.grad)
+
+
+def test_cnn_equals_the_same_network_in_torch(rng):
+    """The default architecture, weights copied into torch.nn: logits and every gradient agree."""
+    torch, F = torch_functional()
+    backend = xpnn.get_backend("cpu", "float64")
+    model = xpnn.cnn(dropout=0.0, backend=backend, seed=0)
+    x = rng.random((3, 1, 28, 28))
+    t = np.array([1, 7, 3])
+    loss = model.loss(backend.asarray(x), backend.asarray(t))
+    model.backward()
+    p = {name: torch.tensor(value, requires_grad=True) for name, value in model.named_parameters().items()}
+    h = F.max_pool2d(F.relu(F.conv2d(torch.tensor(x), p["0.W"], p["0.b"], padding=1)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, p["3.W"], p["3.b"], padding=1)), 2)
+    h = F.relu(torch.flatten(h, 1) @ p["7.W"] + p["7.b"]) @ p["9.W"] + p["9.b"]
+    loss_t = F.cross_entropy(h, torch.tensor(t))
+    loss_t.backward()
+    assert abs(float(loss) - loss_t.item()) < EXACT
+    for name, grad in model.named_gradients().items():
+        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=0, atol=EXACT, err_msg=name)
+
+
+# ---------------------------------------------------------------------- shapes and bad input
+def test_layers_run_on_every_backend_and_keep_dtype_and_device(backend, rng):
+    model = xpnn.cnn([3, 4, 2], [6, 5], image_size=(9, 8), batchnorm=True, backend=backend, seed=0)
+    x = backend.asarray(rng.standard_normal((2, 3, 9, 8)))
+    y = model.predict(x, train=True)
+    assert tuple(y.shape) == (2, 5)
+    assert y.dtype == backend.dtype and array_api_compat.device(y) == backend.device
+    model.loss(x, backend.asarray(np.array([0, 4])))
+    dx = model.backward(input_grad=True)
+    assert tuple(dx.shape) == (2, 3, 9, 8) and dx.dtype == backend.dtype
+    assert array_api_compat.device(dx) == backend.device
+
+
+LAYERS = {
+    "Conv2d": (lambda: Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1), (3, 7, 6), (4, 4, 7)),
+    "MaxPool2d": (lambda: MaxPool2d(3, 2), (3, 7, 6), (3, 3, 2)),
+    "AvgPool2d": (lambda: AvgPool2d((1, 2)), (3, 7, 5), (3, 7, 2)),
+    "Flatten": (Flatten, (3, 7, 6), (126,)),
+    "BatchNorm2d": (lambda: BatchNorm2d(3), (3, 7, 6), (3, 7, 6)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_output_shape_and_param_shapes_match_what_forward_and_build_make(backend, rng, name):
+    make, sample, expected = LAYERS[name]
+    layer = make()
+    assert layer.output_shape(sample) == expected  # computed before any array exists
+    declared = layer.param_shapes()
+    layer.build(backend)
+    assert declared == {k: tuple(v.shape) for k, v in {**layer.params, **layer.buffers}.items()}
+    dy_host = rng.standard_normal((2, *expected))
+    y = layer.forward(backend.asarray(rng.standard_normal((2, *sample))), train=True)
+    assert tuple(y.shape) == (2, *expected)
+    dy = backend.asarray(dy_host)
+    assert tuple(layer.backward(dy).shape) == (2, *sample)
+    np.testing.assert_array_equal(backend.to_numpy(dy), dy_host.astype(np.float32))  # dy left untouched
+
+
+def test_conv2d_parameters_have_torch_shapes_and_he_scale():
+    conv = Conv2d(8, 16, (3, 5)).build("cpu", rng=0)
+    assert conv.params["W"].shape == (16, 8, 3, 5) and conv.params["b"].shape == (16,)
+    assert conv.param_shapes() == {"W": (16, 8, 3, 5), "b": (16,)}
+    assert Conv2d(8, 16, 3, bias=False).param_shapes() == {"W": (16, 8, 3, 3)}
+    assert abs(float(np.std(conv.params["W"])) - np.sqrt(2 / (8 * 3 * 5))) < 0.02  # He: var 2 / fan-in
+
+
+BAD_INPUT = [
+    (lambda: Conv2d(3, 4, 3), (2, 3, 8),
+     r"Conv2d\(in_channels=3.*expected input of shape \(N, 3, H, W\), got \(2, 3, 8\)"),
+    (lambda: Conv2d(3, 4, 3), (2, 1, 8, 8), r"expected input of shape \(N, 3, H, W\), got \(2, 1, 8, 8\)"),
+    (lambda: Conv2d(1, 4, (5, 3), padding=1), (2, 1, 2, 8),
+     r"Conv2d.*kernel \(5, 3\) is larger than the padded input \(2\+2, 8\+2\) of input shape \(2, 1, 2, 8\)"),
+    (lambda: MaxPool2d(3), (2, 1, 2, 8),
+     r"MaxPool2d\(kernel_size=\[3, 3\]\).*kernel \(3, 3\) is larger than the input"),
+    (lambda: AvgPool2d(2), (4, 8), r"AvgPool2d.*expected input of shape \(N, C, H, W\), got \(4, 8\)"),
+    (lambda: BatchNorm2d(3), (2, 4, 5, 5), r"BatchNorm2d\(num_features=3.*expected input of shape \(N, 3, H, W\), "
+                                           r"got \(2, 4, 5, 5\)"),
+    (Flatten, (5,), r"Flatten\(\): expected input of shape \(N, \.\.\.\) with at least 2 axes, got \(5,\)"),
+]
+
+
+@pytest.mark.parametrize(("make", "shape", "message"), BAD_INPUT)
+def test_wrong_input_shape_names_layer_expected_and_actual(backend, make, shape, message):
+    layer = make().build(backend)
+    with pytest.raises(ValueError, match=message):
+        layer.forward(backend.zeros(shape))
+    if len(shape) > 1:  # output_shape raises the same error for the per-sample shape
+        with pytest.raises(ValueError, match=type(layer).__name__):
+            layer.output_shape(shape[1:])
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Conv2d(0, 4, 3), "Conv2d: in_channels must be a positive integer, got 0"),
+    (lambda: Conv2d(3, -1, 3), "Conv2d: out_channels must be a positive integer, got -1"),
+    (lambda: Conv2d(3, 4, 0), r"Conv2d: kernel_size must be positive, got 0"),
+    (lambda: Conv2d(3, 4, (3, 0)), r"Conv2d: kernel_size must be positive, got \(3, 0\)"),
+    (lambda: Conv2d(3, 4, 3, stride=0), "Conv2d: stride must be positive, got 0"),
+    (lambda: Conv2d(3, 4, 3, padding=-1), "Conv2d: padding must be >= 0, got -1"),
+    (lambda: Conv2d(3, 4, 2.5), r"Conv2d: kernel_size must be an int or a pair of ints \(h, w\), got 2.5"),
+    (lambda: Conv2d(3, 4, (1, 2, 3)), r"kernel_size must be an int or a pair of ints"),
+    (lambda: MaxPool2d(0), "MaxPool2d: kernel_size must be positive, got 0"),
+    (lambda: AvgPool2d(2, stride=-2), "AvgPool2d: stride must be positive, got -2"),
+    (lambda: BatchNorm2d(0), "BatchNorm2d: num_features must be a positive integer, got 0"),
+])
+def test_bad_constructor_arguments_name_the_layer_and_the_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_conv2d_rejects_integer_input(backend):
+    with pytest.raises(TypeError, match="Conv2d.*expected .*float32.* input, got .*int64"):
+        Conv2d(1, 1, 1).build(backend).forward(backend.asarray(np.ones((1, 1, 2, 2), dtype=np.int64)))
+
+
+# ---------------------------------------------------------------------- dropout, builder, save and load
+def test_dropout_on_images_masks_elementwise_and_backward_uses_the_same_mask(backend):
+    layer = Dropout(0.5).build(backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(np.ones((8, 4, 10, 10))), train=True))
+    assert y.shape == (8, 4, 10, 10)
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], 2.0)
+    assert 0.4 < kept.mean() < 0.6
+    assert kept.any(axis=(2, 3)).all() and not kept.all(axis=(2, 3)).any()  # per element, not whole channels
+    dx = backend.to_numpy(layer.backward(backend.asarray(np.full((8, 4, 10, 10), 3.0))))
+    np.testing.assert_array_equal(dx != 0, kept)
+
+
+def test_cnn_builder_makes_the_issue_architecture():
+    model = xpnn.cnn(backend="cpu")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Affine", "ReLU",
+                     "Dropout", "Affine"]
+    conv1, conv2, dense1, dense2 = (model.layers[i] for i in (0, 3, 7, 10))
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (1, 32, (3, 3), (1, 1))
+    assert (conv2.in_channels, conv2.out_channels) == (32, 64)
+    assert (dense1.n_in, dense1.n_out, dense2.n_in, dense2.n_out) == (64 * 7 * 7, 128, 128, 10)
+    # torch.nn's count for the same layers: 32·9+32, 64·32·9+64, 3136·128+128, 128·10+10
+    assert model.n_parameters == (32 * 9 + 32) + (64 * 32 * 9 + 64) + (3136 * 128 + 128) + (128 * 10 + 10)
+
+
+def test_cnn_builder_rejects_images_too_small_for_its_pooling():
+    with pytest.raises(ValueError, match=r"MaxPool2d.*larger than the input \(1, 1\)"):
+        xpnn.cnn([1, 4, 4, 4], [10], image_size=4)
+
+
+def test_cnn_saved_on_numpy_loads_on_every_backend_and_predicts_the_same(backend, rng, tmp_path):
+    model = xpnn.cnn([1, 3, 4], [6, 4], image_size=(8, 6), batchnorm=True, backend="cpu", seed=7)
+    x = rng.random((5, 1, 8, 6)).astype(np.float32)
+    model.loss(model.backend.asarray(x), model.backend.asarray(rng.integers(0, 4, 5)))  # moves running stats
+    path = model.save(tmp_path / "cnn.npz")
+    loaded = xpnn.load(path, backend=backend)
+    assert loaded.config() == model.config()
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(backend.to_numpy(loaded.state_dict()[name]), value)
+    np.testing.assert_allclose(backend.to_numpy(loaded.predict(backend.asarray(x))),
+                               model.predict(model.backend.asarray(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cnn_learns_real_fashion_mnist_subset():
+    if xpnn.data.find_files(FASHION) is None:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    ds = xpnn.data.load_dataset("fashion-mnist", FASHION, quiet=True)
+    model = xpnn.cnn([1, 16, 32], [64, 10], backend="cpu", seed=0)
+    trainer = xpnn.Trainer(model, xpnn.optim.Adam(model, lr=2e-3), batch_size=32, seed=0)
+    data = trainer.device_data(ds.x_train[:2000].reshape(-1, 1, 28, 28), ds.y_train[:2000])
+    test = trainer.device_data(ds.x_test[:1000].reshape(-1, 1, 28, 28), ds.y_test[:1000])
+    before = model.accuracy(test.x, test.labels)
+    trainer.run_epoch(data, 0)
+    after = model.accuracy(test.x, test.labels, batch_size=500)
+    assert before < 0.3 and after > 0.6, (before, after)  # 0.72 measured; chance is 0.1
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [((3, 3), (1, 1), (6, 5)), ((3, 2), (2, 1), (7, 6)),
+                                                         ((2, 3), (2, 3), (5, 9)), ((1, 1), (1, 1), (3, 4))])
+def test_numpy_strided_unfold_equals_the_generic_reference(rng, kernel, stride, size):
+    from xpnn.layers.conv import output_size, unfold
+
+    backend = xpnn.get_backend("cpu")
+    x = backend.asarray(rng.standard_normal((3, *size, 4)))
+    out = output_size(size, kernel, stride)
+    fast = backend.unfold_fast(x, kernel, stride, out)
+    np.testing.assert_array_equal(fast, unfold(np, x, kernel, stride, out))
+    assert fast.shape == (3 * out[0] * out[1], kernel[0] * kernel[1] * 4)
+
+
+def test_strided_unfold_is_numpy_only(backend):
+    """Every other library takes the generic path, which the tests above check against torch."""
+    fast = backend.unfold_fast(backend.zeros((1, 3, 3, 1)), (2, 2), (1, 1), (2, 2))
+    assert (fast is not None) == (backend.name == "numpy")

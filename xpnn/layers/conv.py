@@ -1,0 +1,247 @@
+"""Two-dimensional convolution as one matrix product over unfolded patches (im2col)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..initializers import get_initializer
+from .base import Layer
+
+__all__ = ["Conv2d", "fold", "output_size", "pair", "unfold"]
+
+
+def pair(value: Any, name: str, owner: str, minimum: int = 1) -> tuple[int, int]:
+    """``value`` (an int or an (h, w) pair) as a pair of ints >= ``minimum``, or a ValueError naming ``owner``."""
+    values = tuple(value) if isinstance(value, tuple | list) else (value, value)
+    if len(values) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{owner}: {name} must be an int or a pair of ints (h, w), got {value!r}")
+    if min(values) < minimum:
+        kind = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{owner}: {name} must be {kind}, got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def output_size(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int] = (0, 0)) -> tuple[int, int] | None:
+    """PyTorch's floor rule ``(size + 2·padding - kernel) // stride + 1`` per axis; None if the kernel does not fit."""
+    padded = (size[0] + 2 * padding[0], size[1] + 2 * padding[1])
+    if padded[0] < kernel[0] or padded[1] < kernel[1]:
+        return None
+    return (padded[0] - kernel[0]) // stride[0] + 1, (padded[1] - kernel[1]) // stride[1] + 1
+
+
+def window(offset: int, count: int, step: int) -> slice:
+    """The ``count`` positions ``offset, offset + step, ...`` as a slice whose stop stays inside the array."""
+    return slice(offset, offset + (count - 1) * step + 1, step)
+
+
+def unfold(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> Any:
+    """im2col on a channels-last input: one row per output position, one column per (i, j, channel).
+
+    Parameters
+    ----------
+    x : array (N, H, W, C)
+        Already padded.
+    kernel, stride, out : pairs of int
+        Kernel size, stride and output size (oh, ow).
+
+    Returns
+    -------
+    array (N·oh·ow, kh·kw·C)
+        Row ``(n, p, q)`` holds ``x[n, p·sh + i, q·sw + j, c]`` at column ``(i·kw + j)·C + c``.
+    """
+    n, c = x.shape[0], x.shape[3]
+    # kh·kw strided slices, each a whole (N, oh, ow, C) block: a few large copies instead of a gather.
+    patches = [x[:, window(i, out[0], stride[0]), window(j, out[1], stride[1]), :]
+               for i in range(kernel[0]) for j in range(kernel[1])]
+    return xp.reshape(xp.stack(patches, axis=3), (n * out[0] * out[1], kernel[0] * kernel[1] * c))
+
+
+def fold(backend: Any, cols: Any, shape: tuple[int, int, int, int], kernel: tuple[int, int],
+         stride: tuple[int, int], out: tuple[int, int]) -> Any:
+    """col2im, the adjoint of :func:`unfold`: add every patch column back where it was taken from.
+
+    Parameters
+    ----------
+    cols : array (N·oh·ow, kh·kw·C)
+    shape : (N, H, W, C)
+        The padded channels-last input that :func:`unfold` saw.
+
+    Returns
+    -------
+    array (N, H, W, C)
+    """
+    xp = backend.xp
+    n, _, _, c = shape
+    blocks = xp.reshape(cols, (n, out[0], out[1], kernel[0] * kernel[1], c))
+    x = backend.zeros(shape, dtype=cols.dtype)
+    # Positions within one slice are distinct, so each += is a plain slice update; overlapping windows
+    # (stride < kernel) are summed across the kh·kw updates.
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            x[:, window(i, out[0], stride[0]), window(j, out[1], stride[1]), :] += blocks[:, :, :, i * kernel[1] + j, :]
+    return x
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, as in PyTorch) over NCHW images.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and of the output.
+    kernel_size : int or (int, int)
+        Kernel height and width.
+    stride : int or (int, int)
+        Step between neighbouring windows.
+    padding : int or (int, int)
+        Zeros added on both sides of each spatial axis.
+    bias : bool
+        Whether to learn a bias per output channel.
+    init : str
+        Weight initializer (see :mod:`xpnn.initializers`), drawn with fan-in ``in_channels·kh·kw``.
+
+    ``params["W"]`` has shape (out_channels, in_channels, kh, kw) and ``params["b"]`` (out_channels,),
+    as in PyTorch. Shapes: ``x`` (N, in_channels, H, W) -> ``y`` (N, out_channels, oh, ow) with
+    ``oh = (H + 2·padding - kh) // stride + 1`` (likewise ``ow``).
+
+    Internally the patches are unfolded channels-last, so that the forward pass and both gradients are
+    each one large matrix product; the returned ``y`` is a channels-last array viewed as NCHW.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
+                 init: str = "he"):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Conv2d: {name} must be a positive integer, got {value!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
+        self.stride = pair(stride, "stride", "Conv2d")
+        self.padding = pair(padding, "padding", "Conv2d", minimum=0)
+        self.bias, self.init = bool(bias), init
+        self._initializer = get_initializer(init)
+        self.cols: Any = None
+        self.W_matrix: Any = None
+        self.padded_shape: tuple[int, int, int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._ones_cache: Any = None
+
+    # ------------------------------------------------------------------ shapes
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of ``W`` and ``b``, from the constructor arguments alone."""
+        shapes = {"W": (self.out_channels, self.in_channels, *self.kernel_size)}
+        if self.bias:
+            shapes["b"] = (self.out_channels,)
+        return shapes
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample shape (in_channels, H, W) -> (out_channels, oh, ow); ValueError for a wrong shape."""
+        return self._output_shape(tuple(input_shape), batched=False)
+
+    def _output_shape(self, shape: tuple[int, ...], batched: bool) -> tuple[int, int, int]:
+        sample = shape[1:] if batched else shape
+        expected = f"({'N, ' if batched else ''}{self.in_channels}, H, W)"
+        if len(shape) != (4 if batched else 3) or sample[0] != self.in_channels:
+            raise ValueError(f"{self!r}: expected input of shape {expected}, got {shape}")
+        out = output_size(sample[1:], self.kernel_size, self.stride, self.padding)
+        if out is None:
+            ph, pw = self.padding
+            raise ValueError(
+                f"{self!r}: kernel {self.kernel_size} is larger than the padded input "
+                f"({sample[1]}+{2 * ph}, {sample[2]}+{2 * pw}) of input shape {shape}; "
+                "use a smaller kernel, more padding or larger images"
+            )
+        return self.out_channels, out[0], out[1]
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self, rng: np.random.Generator) -> None:
+        be = self.backend
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        # Drawn as a (fan_in, out) matrix like Affine's, so "he" and "xavier" see the right fan-in.
+        W = self._initializer(rng, (fan_in, self.out_channels))
+        self.params["W"] = be.asarray(np.reshape(W.T, self.param_shapes()["W"]))
+        if self.bias:
+            self.params["b"] = be.zeros((self.out_channels,))
+        self.grads = {key: be.zeros(value.shape) for key, value in self.params.items()}
+
+    def to(self, backend: Any) -> Conv2d:
+        self._ones_cache = None
+        return super().to(backend)
+
+    # ------------------------------------------------------------------ computation
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        self._require_built()
+        xp = self.xp
+        W = self.params["W"]
+        _, oh, ow = self._output_shape(tuple(getattr(x, "shape", ())), batched=True)
+        if x.dtype != W.dtype:
+            raise TypeError(f"{self!r}: expected {W.dtype} input, got {x.dtype}; convert it with backend.asarray(x)")
+        n, c, h, w = x.shape
+        ph, pw = self.padding
+        self.cols = None  # free the last batch's patches before unfolding this one (evaluation never calls backward)
+        x = xp.permute_dims(x, (0, 2, 3, 1))  # channels-last: each patch row is contiguous runs of C
+        if ph or pw:
+            padded = self.backend.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+            padded[:, ph : ph + h, pw : pw + w, :] = x
+            x = padded
+        kh, kw = self.kernel_size
+        self.cols = self.backend.unfold_fast(x, self.kernel_size, self.stride, (oh, ow))
+        if self.cols is None:
+            self.cols = unfold(xp, x, self.kernel_size, self.stride, (oh, ow))
+        self.W_matrix = xp.reshape(xp.permute_dims(W, (2, 3, 1, 0)), (kh * kw * c, self.out_channels))
+        self.padded_shape, self.input_size = tuple(x.shape), (h, w)
+        y = self.cols @ self.W_matrix
+        if self.bias:
+            y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
+        return xp.permute_dims(xp.reshape(y, (n, oh, ow, self.out_channels)), (0, 3, 1, 2))
+
+    def backward(self, dy: Any) -> Any:
+        xp = self.xp
+        oh, ow = dy.shape[2:]
+        dy_rows = self._dy_rows(dy)
+        W_matrix, padded_shape = self.W_matrix, self.padded_shape
+        self._grads(dy_rows)
+        dcols = dy_rows @ xp.matrix_transpose(W_matrix)
+        dx = fold(self.backend, dcols, padded_shape, self.kernel_size, self.stride, (oh, ow))
+        (h, w), (ph, pw) = self.input_size, self.padding
+        return xp.permute_dims(dx[:, ph : ph + h, pw : pw + w, :], (0, 3, 1, 2))
+
+    def backward_params(self, dy: Any) -> None:
+        self._grads(self._dy_rows(dy))
+
+    def _dy_rows(self, dy: Any) -> Any:
+        """dy (N, out, oh, ow) as the (N·oh·ow, out) matrix that matches the rows of ``cols``."""
+        n, o, oh, ow = dy.shape
+        return self.xp.reshape(self.xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, o))
+
+    def _grads(self, dy_rows: Any) -> None:
+        xp = self.xp
+        cols, self.cols, self.W_matrix = self.cols, None, None  # backward runs once per forward
+        kh, kw = self.kernel_size
+        dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
+        self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
+                                          (3, 2, 0, 1))
+        if self.bias:
+            self.grads["b"] = self._ones(dy_rows) @ dy_rows  # Σ over rows, as a matrix-vector product
+
+    def _ones(self, rows: Any) -> Any:
+        n = rows.shape[0]
+        if self._ones_cache is None or self._ones_cache.shape[0] != n or self._ones_cache.dtype != rows.dtype:
+            self._ones_cache = self.backend.ones((n,), dtype=rows.dtype)
+        return self._ones_cache
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+        }
+        if not self.bias:
+            config["bias"] = False
+        if self.init != "he":
+            config["init"] = self.init
+        return config
