@@ -13,6 +13,7 @@ import pytest
 
 import xpnn
 from tests.conftest import make_backend
+from xpnn.backend import Backend
 from xpnn.optim import SGD, Adam, FlatLayout, Momentum
 
 CONFIGS = {
@@ -62,11 +63,20 @@ def assert_identical(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key, strict=True)
 
 
+@pytest.fixture(params=[False, True], ids=["per-view", "one-flat-update"])
+def launch_bound(request, monkeypatch):
+    """Both forms of the in-place update on every backend: per parameter view (CPU) and once on the flat buffer
+    (what GPUs get, where each operation is a launch)."""
+    monkeypatch.setattr(Backend, "launch_bound", property(lambda self: request.param))
+    return request.param
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("capturable", [False, True], ids=["eager", "capturable"])
 @pytest.mark.parametrize("backend_name", INPLACE_BACKENDS)
-def test_inplace_path_is_bit_identical_to_the_generic_path(backend_name, name, capturable):
+def test_inplace_path_is_bit_identical_to_the_generic_path(backend_name, name, capturable, launch_bound):
     backend = make_backend(backend_name)
+    assert backend.launch_bound is launch_bound
     generic = train(backend, CONFIGS[name], inplace=False)
     fast_model, fast = train(backend, CONFIGS[name], capturable=capturable)
     assert fast._flat is not None and generic[1]._flat is None
@@ -105,7 +115,7 @@ def test_freezing_mid_training_rebuilds_the_layout_and_keeps_frozen_weights(back
 
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
 @pytest.mark.parametrize("capturable", [False, True], ids=["eager", "capturable"])
-def test_rebound_parameters_and_loaded_state_are_noticed(backend_name, capturable):
+def test_rebound_parameters_and_loaded_state_are_noticed(backend_name, capturable, launch_bound):
     """load_state_dict (model and optimizer) between steps: the next step starts from what was loaded."""
     backend = make_backend(backend_name)
     results = []

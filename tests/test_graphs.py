@@ -14,6 +14,7 @@ import pytest
 
 import xpnn
 from tests.conftest import make_backend
+from xpnn.backend import Backend
 from xpnn.graphs import StepGraph, capture_refusal, make_step_graph
 from xpnn.optim import SGD, Adam, Momentum
 from xpnn.trainer import Trainer
@@ -79,9 +80,15 @@ OPTIMIZERS = {
 }
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-like", "gpu-like"])
+def launch_bound(request, monkeypatch):
+    """As on a GPU (one gather per epoch, one flat optimizer update) or as on the CPU."""
+    monkeypatch.setattr(Backend, "launch_bound", property(lambda self: request.param))
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
-def test_replayed_steps_match_eager_steps(backend_name, name):
+def test_replayed_steps_match_eager_steps(backend_name, name, launch_bound):
     backend = make_backend(backend_name)
     eager, captured = trainer_for(backend, OPTIMIZERS[name], None), trainer_for(backend, OPTIMIZERS[name], "fake")
     assert run(eager) == run(captured)

@@ -154,6 +154,12 @@ class Backend:
         """
         return self._library == "torch" and getattr(self.device, "type", None) == "cuda"
 
+    @property
+    def launch_bound(self) -> bool:
+        """Whether every array operation is a kernel launch (CuPy, torch on CUDA): there few big operations
+        win (one update of a flat buffer); on the CPU few passes over memory do (no copies into one buffer)."""
+        return self._library == "cupy" or (self._library == "torch" and getattr(self.device, "type", None) == "cuda")
+
     def scalar(self, value: float, dtype: Any = None) -> Any:
         """A 0-d array holding ``value`` on the device (default float dtype), e.g. a learning rate that a
         captured graph reads and a schedule overwrites with :meth:`fill`."""

@@ -145,7 +145,12 @@ class Optimizer:
             if layout is not None:
                 grads = [layer.grads[key] for _, layer, key in layout.slots]
                 layout.count_step()
-                self.update_flat(layout, layout.flatten(grads))
+                if self.model.backend.launch_bound:  # one launch per operation for all parameters
+                    self.update_flat(layout, layout.params, layout.flatten(grads), layout.state)
+                else:  # the same operations per view: no copy of the gradients into one buffer
+                    for i, g in enumerate(grads):
+                        state = {kind: views[i] for kind, views in layout.state_views.items()}
+                        self.update_flat(layout, layout.views[i], g, state)
                 return
         for name, layer, key in self.trained_slots():
             p, g = layer.params[key], layer.grads[key]
@@ -175,20 +180,19 @@ class Optimizer:
         self._flat = FlatLayout.build(self, slots)
         return self._flat
 
-    def update_flat(self, layout: FlatLayout, g: Any) -> None:
-        """Update ``layout.params`` (and the state buffers) in place from the flat gradient ``g``."""
-        p = layout.params
+    def update_flat(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        """Update ``p`` (the flat buffer or one view of it) and its ``state`` arrays in place from gradient ``g``."""
         if self.weight_decay and not self.decoupled:
             g = g + self.weight_decay * p
         decay = None
         if self.weight_decay and self.decoupled:
             decay = layout.lr_times(self.weight_decay) * p  # of the weights before this step, as the generic path
-        self.update_inplace(layout, p, g)
+        self.update_inplace(layout, p, g, state)
         if decay is not None:
             p -= decay
 
-    def update_inplace(self, layout: FlatLayout, p: Any, g: Any) -> None:
-        """Write the new values into ``p`` (flat) and the state buffers of ``layout``."""
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        """Write the new values into ``p`` and into its ``state`` arrays (by kind: ``"m"``, ``"velocity"``)."""
         raise NotImplementedError
 
     def _follow_model(self) -> None:
@@ -394,7 +398,7 @@ class SGD(Optimizer):
             return fused.sgd(p, g, self.lr)
         return p - self.lr * g
 
-    def update_inplace(self, layout: FlatLayout, p: Any, g: Any) -> None:
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
         fused = self.model.backend.fused
         if fused is not None and layout.lr is None:
             fused.sgd(p, g, self.lr, inplace=True)
@@ -432,8 +436,8 @@ class Momentum(Optimizer):
         self.state[f"velocity.{name}"] = v
         return p - self.lr * (g + self.momentum * v if self.nesterov else v)
 
-    def update_inplace(self, layout: FlatLayout, p: Any, g: Any) -> None:
-        v = layout.state["velocity"]
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        v = state["velocity"]
         fused = self.model.backend.fused
         if fused is not None and layout.lr is None:
             fused.momentum(p, g, v, self.lr, self.momentum, self.nesterov, inplace=True)
@@ -484,9 +488,9 @@ class Adam(Optimizer):
         self.state[f"m.{name}"], self.state[f"v.{name}"] = m, v
         return p - self.lr * (m * m_hat_scale) / (self.model.backend.xp.sqrt(v * v_hat_scale) + self.eps)
 
-    def update_inplace(self, layout: FlatLayout, p: Any, g: Any) -> None:
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
         beta1, beta2 = self.betas
-        m, v = layout.state["m"], layout.state["v"]
+        m, v = state["m"], state["v"]
         fused = self.model.backend.fused
         if fused is not None and layout.lr is None:
             scales = (1 / (1 - beta1**self.steps), 1 / (1 - beta2**self.steps))

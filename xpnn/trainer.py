@@ -210,8 +210,11 @@ class Trainer:
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(index)
         model.reseed(index) if comm.size == 1 else model.reseed(index, comm.rank)
+        order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
-            data = data.take(be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n)))
+            order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
+            if be.launch_bound:  # one gather per epoch, then slices; on the CPU each batch's gather stays in cache
+                data, order = data.take(order), None
         losses, hits, sizes = [], [], []
         checking, model.check_values = model.check_values, False  # the data was checked once, up front
         with _restore_checks(model, checking), \
@@ -226,7 +229,7 @@ class Trainer:
                     self.optimizer.step()
                     bar.update()
                     continue
-                part = data.rows(lo, hi)
+                part = data.rows(lo, hi) if order is None else data.take(order[lo:hi])
                 if self.graph is not None and comm.size == 1:
                     loss, hit = self.graph.step(part.x, part.targets, part.labels)
                     losses.append(loss)
