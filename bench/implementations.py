@@ -82,11 +82,12 @@ def xpnn_backend(name: str) -> xpnn.Backend:
     raise ValueError(name)
 
 
-def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, cuda_graphs: str = "auto") -> Epoch:
     backend = xpnn_backend(backend_name)
     model = xpnn.mlp(list(SIZES), backend=backend, seed=0)
     model.check_values = False
-    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=LR), batch_size=batch, seed=0)
+    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=LR), batch_size=batch, seed=0,
+                                   cuda_graphs=cuda_graphs)
     data = trainer.device_data(x, y)
     counter = iter(range(10**9))
 
@@ -95,7 +96,12 @@ def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> E
         backend.sync()
         del loss
 
-    return Epoch("xpnn", backend_name, batch, x.shape[0], run)
+    return Epoch("xpnn" if cuda_graphs == "auto" else "xpnn-eager", backend_name, batch, x.shape[0], run)
+
+
+def xpnn_eager_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """xpnn with --cuda-graphs off: what capture gains on torch-cuda."""
+    return xpnn_epoch(backend_name, x, y, batch, cuda_graphs="off")
 
 
 # ---------------------------------------------------------------------- plain PyTorch
@@ -114,10 +120,15 @@ def torch_device(backend_name: str):
     return torch.device("cuda" if backend_name == "torch-cuda" else "cpu")
 
 
-def pytorch_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
-    """The same network and step as PyTorch users write it: nn.Sequential, optim.SGD, tensors preloaded."""
+def pytorch_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, compiled: bool = False) -> Epoch:
+    """The same network and step as PyTorch users write it: nn.Sequential, optim.SGD, tensors preloaded.
+
+    ``compiled``: the step under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs through Inductor).
+    """
     torch = _torch()
     device = torch_device(backend_name)
+    if compiled and device.type != "cuda":
+        raise LookupError("torch.compile(mode='reduce-overhead') is a CUDA-graph mode; CUDA only")
     torch.manual_seed(0)
     layers = []
     for index, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
@@ -131,18 +142,31 @@ def pytorch_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -
     targets = torch.from_numpy(y).to(device)
     n = inputs.shape[0]
 
+    def step(batch_x, batch_t):
+        optimizer.zero_grad(set_to_none=not compiled)
+        loss = loss_fn(model(batch_x), batch_t)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    if compiled:
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(LR, device=device)  # a tensor lr, so a schedule would not recompile
+        step = torch.compile(step, mode="reduce-overhead")
+
     def run() -> None:
         order = torch.randperm(n, device=device)
         for start in range(0, n, batch):
             index = order[start : start + batch]
-            optimizer.zero_grad()
-            loss = loss_fn(model(inputs[index]), targets[index])
-            loss.backward()
-            optimizer.step()
+            step(inputs[index], targets[index])
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return Epoch("pytorch", backend_name, batch, n, run)
+    return Epoch("pytorch-compiled" if compiled else "pytorch", backend_name, batch, n, run)
+
+
+def pytorch_compiled_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    return pytorch_epoch(backend_name, x, y, batch, compiled=True)
 
 
 # ---------------------------------------------------------------------- hand-written NumPy
@@ -223,7 +247,8 @@ def matmul_bound(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) ->
     return Epoch("matmul-bound", backend_name, batch, n, run)
 
 
-IMPLEMENTATIONS = {"xpnn": xpnn_epoch, "pytorch": pytorch_epoch, "numpy-by-hand": numpy_epoch,
+IMPLEMENTATIONS = {"xpnn": xpnn_epoch, "xpnn-eager": xpnn_eager_epoch, "pytorch": pytorch_epoch,
+                   "pytorch-compiled": pytorch_compiled_epoch, "numpy-by-hand": numpy_epoch,
                    "matmul-bound": matmul_bound}
 
 

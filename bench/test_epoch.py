@@ -24,7 +24,8 @@ GROUPS = [
     [("xpnn", "numpy"), ("numpy-by-hand", "numpy"), ("matmul-bound", "numpy"),
      ("xpnn", "torch-cpu"), ("pytorch", "torch-cpu"), ("matmul-bound", "torch-cpu")],
     [("xpnn", "cupy"), ("matmul-bound", "cupy"),
-     ("xpnn", "torch-cuda"), ("pytorch", "torch-cuda"), ("matmul-bound", "torch-cuda")],
+     ("xpnn", "torch-cuda"), ("xpnn-eager", "torch-cuda"), ("pytorch", "torch-cuda"),
+     ("pytorch-compiled", "torch-cuda"), ("matmul-bound", "torch-cuda")],
 ]
 CASES = [(i, b, batch) for group in GROUPS for batch in (128, FULL) for i, b in group]
 GPU = {"cupy", "torch-cuda"}

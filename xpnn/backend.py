@@ -137,6 +137,40 @@ class Backend:
 
     # ------------------------------------------------------------------ fused fast paths
     @property
+    def inplace(self) -> bool:
+        """Whether arrays may be updated in place through views of one buffer (NumPy, CuPy, torch).
+
+        The array API leaves writes through views implementation-defined, so other libraries (array-api-strict,
+        JAX) keep the generic path: every new value is a new array, rebound by its owner.
+        """
+        return self._library in ("numpy", "cupy", "torch")
+
+    @property
+    def graphs(self) -> bool:
+        """Whether a whole training step can be captured as a CUDA graph and replayed (torch on CUDA only).
+
+        CuPy refuses cuBLAS calls under stream capture (cupy/cupy#6290), so a step with matrix products
+        cannot be captured there; see ``docs/gpu-speed.md``.
+        """
+        return self._library == "torch" and getattr(self.device, "type", None) == "cuda"
+
+    @property
+    def launch_bound(self) -> bool:
+        """Whether every array operation is a kernel launch (CuPy, torch on CUDA): there few big operations
+        win (one update of a flat buffer); on the CPU few passes over memory do (no copies into one buffer)."""
+        return self._library == "cupy" or (self._library == "torch" and getattr(self.device, "type", None) == "cuda")
+
+    def scalar(self, value: float, dtype: Any = None) -> Any:
+        """A 0-d array holding ``value`` on the device (default float dtype), e.g. a learning rate that a
+        captured graph reads and a schedule overwrites with :meth:`fill`."""
+        return self.xp.full((), value, dtype=self.dtype if dtype is None else dtype, device=self.device)
+
+    @staticmethod
+    def fill(target: Any, value: Any) -> None:
+        """Overwrite every element of ``target`` in place (backends with :attr:`inplace` only)."""
+        target[...] = value
+
+    @property
     def fused(self) -> FusedUpdates | None:
         """Single-kernel optimizer updates where the library offers them (CuPy), else None.
 
@@ -257,18 +291,23 @@ class FusedUpdates:
             "m_new = ADD(MUL(b1, m), MUL(c1, g)); v_new = ADD(MUL(b2, v), MUL(c2, MUL(g, g))); "
             "p_new = SUB(p, DIV(MUL(lr, MUL(m_new, mc)), ADD(SQRT(MUL(v_new, vc)), eps)));", "adam")
 
-    def sgd(self, p: Any, g: Any, lr: float) -> Any:
-        return self._sgd(p, g, self.dtype.type(lr))
+    # With ``inplace=True`` the kernels write their outputs into their inputs (p, v, m): an element is read
+    # before it is written by the same thread, so aliasing is safe, and a flat buffer of every parameter is
+    # updated in one launch.
+    def sgd(self, p: Any, g: Any, lr: float, inplace: bool = False) -> Any:
+        return self._sgd(p, g, self.dtype.type(lr), *((p,) if inplace else ()))
 
-    def momentum(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool) -> tuple[Any, Any]:
+    def momentum(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool,
+                 inplace: bool = False) -> tuple[Any, Any]:
         t = self.dtype.type
-        return self._momentum(p, g, v, t(lr), t(mu), nesterov)
+        return self._momentum(p, g, v, t(lr), t(mu), nesterov, *((p, v) if inplace else ()))
 
     def adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, betas: tuple[float, float], scales: tuple[float, float],
-             eps: float) -> tuple[Any, Any, Any]:
+             eps: float, inplace: bool = False) -> tuple[Any, Any, Any]:
         t = self.dtype.type
         (b1, b2), (mc, vc) = betas, scales
-        return self._adam(p, g, m, v, t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(mc), t(vc), t(eps))
+        return self._adam(p, g, m, v, t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(mc), t(vc), t(eps),
+                          *((p, m, v) if inplace else ()))
 
 
 _FUSED: dict[str, FusedUpdates] = {}
@@ -294,14 +333,18 @@ def is_floating(a: Any) -> bool:
 
 
 def to_numpy(a: Any) -> np.ndarray:
-    """Copy an array of any supported library to a NumPy array on the host."""
+    """Copy an array of any supported library to a NumPy array on the host.
+
+    A copy on NumPy too: optimizers update parameters in place, and a "copy" that aliased them would change.
+    """
     if isinstance(a, np.ndarray | np.generic):
-        return np.asarray(a)
+        return np.array(a)
     lib = _library_name(a)
     if lib == "cupy":
         return a.get()
     if lib == "torch":
-        return a.detach().cpu().numpy()
+        a = a.detach()
+        return a.numpy().copy() if a.device.type == "cpu" else a.cpu().numpy()  # numpy() alone shares memory
     return np.from_dlpack(a)
 
 

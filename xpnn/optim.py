@@ -1,7 +1,10 @@
 """Optimizers and learning-rate schedules.
 
-An optimizer computes each parameter's new value and rebinds it in the owning layer's ``params``
-(so it works on immutable arrays too). Its state is keyed by the parameter's dotted name ("0.W").
+Two paths give the same numbers. The generic one, the reference, computes each parameter's new value
+and rebinds it in the owning layer's ``params`` (so it works on immutable arrays too). Where the library
+updates arrays in place (:attr:`Backend.inplace`: NumPy, CuPy, torch) the trained parameters and the
+optimizer's state become views of one flat buffer each, and one step is a handful of operations on those
+buffers whatever the number of layers. Either way the state is keyed by the parameter's dotted name ("0.W").
 """
 
 from __future__ import annotations
@@ -38,9 +41,21 @@ class Optimizer:
         Train only these parameters, by dotted name (``["2.W", "2.b"]``, see
         :meth:`Sequential.named_parameters`), as a PyTorch optimizer given a subset. By default every
         parameter of every trainable layer.
+    inplace : bool, optional
+        Update flat buffers in place (see the module docstring). By default wherever the backend allows it;
+        ``False`` forces the generic path.
+    capturable : bool
+        Keep the learning rate and the step count as 0-d device arrays that the update reads, so that a
+        captured CUDA graph (:mod:`xpnn.graphs`) replays the right values after a schedule changes ``lr``.
+        Needs the in-place path.
 
     Notes
     -----
+    On the in-place path the arrays in ``layer.params`` are views that each step overwrites, as in
+    PyTorch: copy what you get from :meth:`Sequential.state_dict` if you need the values of an earlier
+    step. Rebinding a parameter (``load_state_dict``, ``Sequential.to``, assigning ``layer.params[key]``)
+    is noticed at the next step, which copies the new values into a fresh flat buffer.
+
     Parameters of frozen layers (``layer.trainable = False``, :meth:`Sequential.freeze`) and parameters
     outside ``params`` are never touched: no update, no weight decay, no state; they stay bit-identical.
     The state (moments, velocities) lives on the model's backend and follows the model across
@@ -51,8 +66,9 @@ class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, model: Sequential, lr: float, weight_decay: float = 0.0, decoupled: bool = False,
-                 params: Iterable[str] | None = None):
+                 params: Iterable[str] | None = None, inplace: bool | None = None, capturable: bool = False):
         owner = type(self).__name__
+        self._flat: FlatLayout | None = None
         if not isinstance(model, Sequential):
             raise TypeError(f"{owner}: expected an xpnn Sequential model, got {type(model).__name__}")
         self.model = model
@@ -71,8 +87,40 @@ class Optimizer:
                                  f"the model has {sorted(known)}")
             self.params = frozenset(names)
         self.state: dict[str, Any] = {}
-        self.steps = 0
+        self._steps = 0
         self._state_backend = model.backend
+        if inplace is not None and check_bool(owner, "inplace", inplace) and not model.backend.inplace:
+            raise ValueError(f"{owner}: inplace=True needs a library that updates arrays in place (NumPy, CuPy, "
+                             f"torch); {model.backend.name} does not, so leave inplace unset")
+        self.inplace = inplace
+        self.capturable = check_bool(owner, "capturable", capturable)
+        if self.capturable and (inplace is False or not model.backend.inplace):
+            raise ValueError(f"{owner}: capturable=True updates parameters in place, which {model.backend.name} "
+                             "with inplace=False cannot; drop capturable or use NumPy, CuPy or torch")
+
+    @property
+    def steps(self) -> int:
+        """Steps taken; setting it also updates the device copy that a capturable update reads."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._steps = value
+        layout = getattr(self, "_flat", None)
+        if layout is not None and layout.step is not None:
+            layout.backend.fill(layout.step, float(value))
+
+    @property
+    def lr(self) -> float:
+        """Learning rate; setting it also updates the device copy that a captured graph reads."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = value
+        layout = getattr(self, "_flat", None)
+        if layout is not None and layout.lr is not None:
+            layout.set_lr(value)
 
     def trained_slots(self) -> Iterator[tuple[str, Any, str]]:
         """``(dotted name, layer, key)`` of every parameter this optimizer updates now (frozen ones left out)."""
@@ -83,7 +131,27 @@ class Optimizer:
     def step(self) -> None:
         """Update every trained parameter from its gradient (frozen parameters are left bit-identical)."""
         self._follow_model()
-        self.steps += 1
+        self._steps += 1  # the device copy, if any, is advanced by the update itself
+        self.apply()
+
+    def apply(self) -> None:
+        """The update of :meth:`step` once ``steps`` has been counted: what a captured graph replays.
+
+        On the capturable path it reads nothing from the host and advances the device step count itself, so
+        a replay needs no Python; whoever replays it counts the step on the host with ``_steps += 1``.
+        """
+        if self._flat_path():
+            layout = self.layout()
+            if layout is not None:
+                grads = [layer.grads[key] for _, layer, key in layout.slots]
+                layout.count_step()
+                if self.model.backend.launch_bound:  # one launch per operation for all parameters
+                    self.update_flat(layout, layout.params, layout.flatten(grads), layout.state)
+                else:  # the same operations per view: no copy of the gradients into one buffer
+                    for i, g in enumerate(grads):
+                        state = {kind: views[i] for kind, views in layout.state_views.items()}
+                        self.update_flat(layout, layout.views[i], g, state)
+                return
         for name, layer, key in self.trained_slots():
             p, g = layer.params[key], layer.grads[key]
             if self.weight_decay and not self.decoupled:
@@ -95,6 +163,36 @@ class Optimizer:
 
     def update(self, name: str, p: Any, g: Any) -> Any:
         """Return the new value of parameter ``name`` given its value ``p`` and gradient ``g``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the in-place path
+    def _flat_path(self) -> bool:
+        backend = self.model.backend
+        return backend.inplace and self.inplace is not False
+
+    def layout(self) -> FlatLayout | None:
+        """The flat buffers behind the trained parameters, rebuilt when a parameter, the state or the set of
+        trained parameters changed since the last step; None when they cannot share one buffer (mixed dtypes)."""
+        slots = list(self.trained_slots())
+        layout = self._flat
+        if layout is not None and layout.matches(self, slots):
+            return layout
+        self._flat = FlatLayout.build(self, slots)
+        return self._flat
+
+    def update_flat(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        """Update ``p`` (the flat buffer or one view of it) and its ``state`` arrays in place from gradient ``g``."""
+        if self.weight_decay and not self.decoupled:
+            g = g + self.weight_decay * p
+        decay = None
+        if self.weight_decay and self.decoupled:
+            decay = layout.lr_times(self.weight_decay) * p  # of the weights before this step, as the generic path
+        self.update_inplace(layout, p, g, state)
+        if decay is not None:
+            p -= decay
+
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        """Write the new values into ``p`` and into its ``state`` arrays (by kind: ``"m"``, ``"velocity"``)."""
         raise NotImplementedError
 
     def _follow_model(self) -> None:
@@ -177,6 +275,110 @@ class Optimizer:
         return self.state[key]
 
 
+class FlatLayout:
+    """The trained parameters and the optimizer's state as views of one flat buffer each (in-place path).
+
+    Attributes
+    ----------
+    slots : list of (str, Layer, str)
+        ``(dotted name, layer, key)`` of each trained parameter, in buffer order.
+    params : array, (P,)
+        All trained parameters, concatenated; ``layer.params[key]`` is a reshaped view of its part.
+    state : dict of str to array (P,)
+        One flat buffer per kind of optimizer state (``"m"``, ``"v"``, ``"velocity"``), viewed likewise by
+        ``optimizer.state["{kind}.{name}"]``.
+    lr, lr64, step : 0-d arrays or None
+        On a capturable optimizer: the learning rate (in the parameters' dtype and in float64) and the number
+        of steps taken (float64), on the device, so that a replayed graph reads current values.
+    """
+
+    def __init__(self, optimizer: Optimizer, slots: list[tuple[str, Any, str]], params: Any,
+                 views: list[Any], state: dict[str, Any], state_views: dict[str, list[Any]]):
+        self.optimizer, self.slots, self.params, self.views = optimizer, slots, params, views
+        self.state, self.state_views = state, state_views
+        self.backend = optimizer.model.backend
+        self.lr = self.lr64 = self.step = None
+        if optimizer.capturable:
+            be = self.backend
+            self.lr, self.lr64 = be.scalar(optimizer.lr), be.scalar(optimizer.lr, be.xp.float64)
+            self.step = be.scalar(optimizer.steps - 1, be.xp.float64)  # built inside a step already counted
+
+    @classmethod
+    def build(cls, optimizer: Optimizer, slots: list[tuple[str, Any, str]]) -> FlatLayout | None:
+        """Copy the current parameters and state into fresh flat buffers and rebind their owners to views."""
+        be = optimizer.model.backend
+        xp = be.xp
+        params = [layer.params[key] for _, layer, key in slots]
+        if not params or any(p.dtype != be.dtype for p in params):
+            return None
+        flat = xp.concat([xp.reshape(p, (-1,)) for p in params])
+        views = cls._views(xp, flat, params)
+        for (_, layer, key), view in zip(slots, views, strict=True):
+            layer.params[key] = view
+        state, state_views = {}, {}
+        for kind in optimizer.slots:
+            parts = [optimizer.state.get(f"{kind}.{name}") for name, _, _ in slots]
+            parts = [xp.zeros_like(p) if part is None else part for part, p in zip(parts, params, strict=True)]
+            state[kind] = xp.concat([xp.reshape(part, (-1,)) for part in parts])
+            state_views[kind] = cls._views(xp, state[kind], params)
+            for (name, _, _), view in zip(slots, state_views[kind], strict=True):
+                optimizer.state[f"{kind}.{name}"] = view
+        return cls(optimizer, slots, flat, views, state, state_views)
+
+    @staticmethod
+    def _views(xp: Any, flat: Any, like: list[Any]) -> list[Any]:
+        views, offset = [], 0
+        for p in like:
+            size = math.prod(p.shape)
+            views.append(xp.reshape(flat[offset:offset + size], tuple(p.shape)))
+            offset += size
+        return views
+
+    def matches(self, optimizer: Optimizer, slots: list[tuple[str, Any, str]]) -> bool:
+        """Whether every trained parameter and state array is still the view this layout made (nothing rebound)."""
+        if self.backend is not optimizer.model.backend or len(slots) != len(self.slots):
+            return False
+        for i, ((name, layer, key), (old_name, old_layer, old_key)) in enumerate(zip(slots, self.slots, strict=True)):
+            if name != old_name or layer is not old_layer or key != old_key or layer.params[key] is not self.views[i]:
+                return False
+            for kind, views in self.state_views.items():
+                if optimizer.state.get(f"{kind}.{name}") is not views[i]:
+                    return False
+        return True
+
+    def flatten(self, grads: list[Any]) -> Any:
+        """The gradients, in buffer order, as one flat array (P,)."""
+        xp = self.backend.xp
+        return xp.concat([xp.reshape(g, (-1,)) for g in grads])
+
+    def set_lr(self, value: float) -> None:
+        self.backend.fill(self.lr, value)
+        self.backend.fill(self.lr64, value)
+
+    def current_lr(self) -> Any:
+        """The learning rate as the update reads it: a 0-d device array when capturable, else a Python float."""
+        return self.optimizer.lr if self.lr is None else self.lr
+
+    def lr_times(self, factor: float) -> Any:
+        """lr·factor rounded once to the parameters' dtype, as the generic path's Python product is."""
+        if self.lr64 is None:
+            return self.optimizer.lr * factor
+        return self.backend.xp.astype(self.lr64 * factor, self.backend.dtype)
+
+    def count_step(self) -> None:
+        """Advance the device step count (capturable only), inside the update so that a graph replays it."""
+        if self.step is not None:
+            self.step += 1.0
+
+    def bias_corrections(self, betas: tuple[float, float], steps: int) -> tuple[Any, Any]:
+        """Adam's 1/(1-β₁ᵗ) and 1/(1-β₂ᵗ): Python floats, or computed on the device from ``step`` in float64
+        and rounded once to the parameters' dtype (the same rounding as the Python floats get)."""
+        if self.step is None:
+            return 1 / (1 - betas[0]**steps), 1 / (1 - betas[1]**steps)
+        xp, dtype = self.backend.xp, self.backend.dtype
+        return tuple(xp.astype(1 / (1 - beta**self.step), dtype) for beta in betas)
+
+
 def _read_steps(value: Any, source: str) -> int:
     if hasattr(value, "shape") and tuple(value.shape) == ():
         value = to_numpy(value).item()
@@ -195,6 +397,13 @@ class SGD(Optimizer):
         if fused is not None:
             return fused.sgd(p, g, self.lr)
         return p - self.lr * g
+
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        fused = self.model.backend.fused
+        if fused is not None and layout.lr is None:
+            fused.sgd(p, g, self.lr, inplace=True)
+        else:
+            p -= layout.current_lr() * g
 
 
 class Momentum(Optimizer):
@@ -226,6 +435,16 @@ class Momentum(Optimizer):
         v = self.momentum * v + g
         self.state[f"velocity.{name}"] = v
         return p - self.lr * (g + self.momentum * v if self.nesterov else v)
+
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        v = state["velocity"]
+        fused = self.model.backend.fused
+        if fused is not None and layout.lr is None:
+            fused.momentum(p, g, v, self.lr, self.momentum, self.nesterov, inplace=True)
+            return
+        v *= self.momentum
+        v += g
+        p -= layout.current_lr() * (g + self.momentum * v if self.nesterov else v)
 
 
 class Adam(Optimizer):
@@ -268,6 +487,21 @@ class Adam(Optimizer):
         v = beta2 * v + (1 - beta2) * (g * g)
         self.state[f"m.{name}"], self.state[f"v.{name}"] = m, v
         return p - self.lr * (m * m_hat_scale) / (self.model.backend.xp.sqrt(v * v_hat_scale) + self.eps)
+
+    def update_inplace(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
+        beta1, beta2 = self.betas
+        m, v = state["m"], state["v"]
+        fused = self.model.backend.fused
+        if fused is not None and layout.lr is None:
+            scales = (1 / (1 - beta1**self.steps), 1 / (1 - beta2**self.steps))
+            fused.adam(p, g, m, v, self.lr, self.betas, scales, self.eps, inplace=True)
+            return
+        m_hat_scale, v_hat_scale = layout.bias_corrections(self.betas, self.steps)
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        p -= layout.current_lr() * (m * m_hat_scale) / (self.model.backend.xp.sqrt(v * v_hat_scale) + self.eps)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}

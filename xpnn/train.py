@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
+    add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+        help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
+             "(no dropout, no batchnorm, one process) (default: auto)")
     return parser
 
 
@@ -253,7 +256,8 @@ class Run:
             options["momentum"] = args.momentum
         self.optimizer = get_optimizer(args.optimizer, self.model, args.lr, **options)
         self.trainer = Trainer(self.model, self.optimizer, batch_size=None if args.full_batch else args.batch_size,
-                               schedule=get_schedule(args.schedule, args.epochs), seed=args.seed, comm=self.comm)
+                               schedule=get_schedule(args.schedule, args.epochs), seed=args.seed, comm=self.comm,
+                               cuda_graphs=args.cuda_graphs)
         self.start_epoch = 0
         self.saved_epoch: int | None = None
 

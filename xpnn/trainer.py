@@ -22,6 +22,7 @@ from .backend import namespace_of
 from .callbacks import Callback, History
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Local
+from .graphs import make_step_graph
 from .losses import one_hot
 from .model import SHUFFLE_STREAM, Sequential
 from .optim import Optimizer, get_schedule
@@ -90,6 +91,9 @@ class Trainer:
         treated as diverged, as is any non-finite loss or weight. None checks only for non-finite values.
     eval_batch_size : int
         Samples per forward pass when evaluating.
+    cuda_graphs : {"auto", "on", "off"}
+        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
+        safe (torch on CUDA, no dropout, no buffers, one process), ``on`` raises where it is not. Same results.
 
     Attributes
     ----------
@@ -101,7 +105,7 @@ class Trainer:
 
     def __init__(self, model: Sequential, optimizer: Optimizer, *, batch_size: int | None = 128,
                  schedule: Callable[[int], float] | None = None, seed: int = 0, comm: Any = None,
-                 divergence_factor: float | None = 100.0, eval_batch_size: int = 1000):
+                 divergence_factor: float | None = 100.0, eval_batch_size: int = 1000, cuda_graphs: str = "auto"):
         if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
             raise ValueError(f"Trainer: batch_size must be a positive integer or None, got {batch_size!r}")
         if divergence_factor is not None and not divergence_factor > 1:
@@ -116,6 +120,8 @@ class Trainer:
         self.reference_loss: float | None = None
         # Full batch over several ranks: fit() gives each rank only its shard of this many samples.
         self.full_batch_of: int | None = None
+        #: The captured step (:class:`xpnn.graphs.StepGraph`) that full batches replay, or None (eager steps).
+        self.graph = make_step_graph(cuda_graphs, model, optimizer, self.comm)
 
     # ------------------------------------------------------------------ data
     def device_data(self, x: Any, y: Any, what: str = "training data") -> DeviceData:
@@ -204,8 +210,11 @@ class Trainer:
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(index)
         model.reseed(index) if comm.size == 1 else model.reseed(index, comm.rank)
+        order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
-            data = data.take(be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n)))
+            order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
+            if be.launch_bound:  # one gather per epoch, then slices; on the CPU each batch's gather stays in cache
+                data, order = data.take(order), None
         losses, hits, sizes = [], [], []
         checking, model.check_values = model.check_values, False  # the data was checked once, up front
         with _restore_checks(model, checking), \
@@ -220,7 +229,15 @@ class Trainer:
                     self.optimizer.step()
                     bar.update()
                     continue
-                part = data.rows(lo, hi)
+                part = data.rows(lo, hi) if order is None else data.take(order[lo:hi])
+                if self.graph is not None and comm.size == 1:
+                    loss, hit = self.graph.step(part.x, part.targets, part.labels)
+                    losses.append(loss)
+                    sizes.append(hi - lo)
+                    if hit is not None:
+                        hits.append(hit)
+                    bar.update()
+                    continue
                 logits = model.predict(part.x, train=True)
                 loss = model.loss_fn(logits, part.targets)
                 model.backward()

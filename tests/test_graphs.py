@@ -1,0 +1,172 @@
+"""Whole-step capture (xpnn.graphs): which steps replay, which run eagerly, and that results do not change.
+
+Without a GPU the capture is played by a fake that records the step without running it and runs it at each
+replay, as a CUDA graph does with the device work; everything else (static buffers, the capturable optimizer,
+schedules, the partial batch, recapture after a reload) is the real code. The real capture runs on torch-cuda.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import xpnn
+from tests.conftest import make_backend
+from xpnn.backend import Backend
+from xpnn.graphs import StepGraph, capture_refusal, make_step_graph
+from xpnn.optim import SGD, Adam, Momentum
+from xpnn.trainer import Trainer
+
+
+class FakeCapture:
+    """Records the step without running it; the returned replay runs it (the device work of a CUDA graph)."""
+
+    def __init__(self) -> None:
+        self.recorded = 0
+        self.warmups = 0
+
+    @contextlib.contextmanager
+    def warmup(self):
+        self.warmups += 1
+        yield
+
+    def capture(self, body):
+        self.recorded += 1
+        return body
+
+
+N, BATCH = 300, 64  # 4 full batches and a partial one of 44 per epoch
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((N, 6)).astype(np.float32), rng.integers(0, 3, N)
+
+
+def trainer_for(backend, make_optimizer, graph):
+    model = xpnn.mlp([6, 16, 8, 3], backend=backend, seed=0)
+    optimizer = make_optimizer(model)
+    schedule = xpnn.optim.get_schedule("step", 3, step_size=1, gamma=0.5)
+    trainer = Trainer(model, optimizer, batch_size=BATCH, schedule=schedule, seed=0, cuda_graphs="off")
+    if graph == "fake":
+        trainer.graph = StepGraph(model, optimizer, FakeCapture())
+    elif graph == "real":
+        trainer.graph = make_step_graph("on", model, optimizer)
+    return trainer
+
+
+def run(trainer, epochs=3):
+    x, y = data()
+    device_data = trainer.device_data(x, y)
+    rows = []
+    for index in range(epochs):
+        sums = trainer.train_epoch(device_data, index)
+        rows.append((float(trainer.model.backend.to_numpy(sums["loss"])),
+                     int(trainer.model.backend.to_numpy(sums["correct"]))))
+    return rows
+
+
+def parameters(trainer):
+    be = trainer.model.backend
+    return {k: be.to_numpy(v) for k, v in trainer.model.named_parameters().items()}
+
+
+OPTIMIZERS = {
+    "sgd": lambda m: SGD(m, lr=0.1),
+    "momentum-l2": lambda m: Momentum(m, lr=0.05, weight_decay=0.01),
+    "adamw": lambda m: Adam(m, lr=0.01, weight_decay=0.1, decoupled=True),
+}
+
+
+@pytest.fixture(params=[False, True], ids=["cpu-like", "gpu-like"])
+def launch_bound(request, monkeypatch):
+    """As on a GPU (one gather per epoch, one flat optimizer update) or as on the CPU."""
+    monkeypatch.setattr(Backend, "launch_bound", property(lambda self: request.param))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_replayed_steps_match_eager_steps(backend_name, name, launch_bound):
+    backend = make_backend(backend_name)
+    eager, captured = trainer_for(backend, OPTIMIZERS[name], None), trainer_for(backend, OPTIMIZERS[name], "fake")
+    assert run(eager) == run(captured)
+    for key, value in parameters(eager).items():
+        np.testing.assert_array_equal(parameters(captured)[key], value, err_msg=key, strict=True)
+    assert captured.optimizer.steps == eager.optimizer.steps == 15
+    assert captured.optimizer.lr == eager.optimizer.lr == 0.25 * eager.base_lr
+    graph = captured.graph
+    # 3 warm-up steps, then 9 replays of the full batches; 3 partial batches eager; one capture
+    assert (graph.eager, graph.replayed, graph.captures, graph.capture.warmups) == (6, 9, 1, 3)
+
+
+def test_a_reload_between_epochs_forces_a_recapture():
+    backend = make_backend("numpy")
+    trainer = trainer_for(backend, OPTIMIZERS["adamw"], "fake")
+    reference = trainer_for(backend, OPTIMIZERS["adamw"], None)
+    for t in (trainer, reference):
+        run(t, epochs=1)
+        saved = {k: backend.to_numpy(v) for k, v in t.model.state_dict().items()}
+        state = {k: (backend.to_numpy(v) if hasattr(v, "shape") else v) for k, v in t.optimizer.state_dict().items()}
+        run(t, epochs=1)  # trained further, then put back: --resume from the first epoch's checkpoint
+        t.model.load_state_dict(saved)
+        t.optimizer.load_state_dict(state)
+        run(t, epochs=1)
+    for key, value in parameters(reference).items():
+        np.testing.assert_array_equal(parameters(trainer)[key], value, err_msg=key)
+    assert trainer.graph.captures == 2  # the old graph read the buffers that the reload replaced
+
+
+def test_what_is_never_captured():
+    model = xpnn.mlp([4, 8, 2], seed=0, dropout=0.5)
+    assert "random" in capture_refusal(model, SGD(model, lr=0.1))
+    model = xpnn.Sequential([xpnn.layers.Affine(4, 8), xpnn.layers.BatchNorm1d(8), xpnn.layers.Affine(8, 2)])
+    assert "buffers" in capture_refusal(model, SGD(model, lr=0.1))
+    model = xpnn.mlp([4, 8, 2], seed=0)
+    assert "in place" in capture_refusal(model, SGD(model, lr=0.1, inplace=False))
+    with pytest.raises(ValueError, match="needs torch on CUDA"):
+        make_step_graph("on", model, SGD(model, lr=0.1))
+    assert make_step_graph("auto", model, SGD(model, lr=0.1)) is None
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        make_step_graph("yes", model, SGD(model, lr=0.1))
+    strict = xpnn.mlp([4, 8, 2], seed=0, backend=make_backend("strict"))
+    with pytest.raises(ValueError, match="in place"):
+        StepGraph(strict, SGD(strict, lr=0.1), FakeCapture())
+
+
+def test_graphs_make_the_optimizer_capturable_without_changing_its_numbers():
+    model = xpnn.mlp([4, 8, 2], seed=0)
+    optimizer = Adam(model, lr=0.01)
+    StepGraph(model, optimizer, FakeCapture())
+    assert optimizer.capturable
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_captured_and_eager_steps_agree_on_torch_cuda(name):
+    """The real capture: same parameters after several epochs with a schedule change and partial batches."""
+    backend = make_backend("torch-cuda")
+    eager, captured = trainer_for(backend, OPTIMIZERS[name], None), trainer_for(backend, OPTIMIZERS[name], "real")
+    eager_rows, captured_rows = run(eager), run(captured)
+    assert captured.graph.replayed == 9 and captured.graph.captures == 1
+    for (loss_a, hits_a), (loss_b, hits_b) in zip(eager_rows, captured_rows, strict=True):
+        assert loss_a == pytest.approx(loss_b, rel=1e-5) and abs(hits_a - hits_b) <= 1
+    for key, value in parameters(eager).items():
+        np.testing.assert_allclose(parameters(captured)[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_fused_inplace_steps_agree_with_generic_steps_on_cupy(name):
+    """CuPy cannot capture; its fast path is the fused in-place kernels on flat buffers, bit for bit."""
+    backend = make_backend("cupy")
+    results = []
+    for inplace in (False, None):
+        def make(model, inplace=inplace):
+            optimizer = OPTIMIZERS[name](model)
+            optimizer.inplace = inplace
+            return optimizer
+        trainer = trainer_for(backend, make, None)
+        run(trainer)
+        results.append(parameters(trainer))
+    for key, value in results[0].items():
+        np.testing.assert_array_equal(results[1][key], value, err_msg=key)
