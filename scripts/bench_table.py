@@ -43,7 +43,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {"xpnn": 0, "xpnn-eager": 1, "pytorch": 2, "pytorch-compiled": 3, "numpy-by-hand": 4, "matmul-bound": 5}
-    epoch_rows = [r for r in rows if r["implementation"] in order]
+    epoch_rows = [r for r in rows if r["implementation"] in order and r.get("model") != "cnn"]
     epoch_rows.sort(key=lambda r: (r["samples"] != 60_000, r["device"], r["batch"], order[r["implementation"]],
                                    r["backend"]))
     for r in epoch_rows:
@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_table: error: {args.json}: not a pytest-benchmark JSON file ({error})", file=sys.stderr)
         return 1
     text = f"{describe(machine)}\n\n{table(rows)}\n"
+    if any(r.get("model") == "cnn" for r in rows):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+        from test_cnn import table as cnn_table
+
+        text += f"\n{cnn_table(json.loads(args.json.read_text()))}\n"
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -3,7 +3,7 @@
 The seed (shared/SEEDS.md, system 4) trains 784-256-128-10 ReLU with softmax cross-entropy, column-major
 NumPy (W is (out, in), X is (784, m)), its "xavier" init randn / sqrt(n_out / 2), zero biases, a fresh
 np.random.permutation shuffle per epoch, minibatch 128, plain SGD lr 0.01. xpnn runs the same setting
-through the library: ``mlp(..., init="fcn_xavier")``, ``optim.SGD(lr=0.01)`` and the Trainer.
+through the library: ``mlp(..., init="fcn_xavier")``, ``optim.SGD(lr=0.01)`` and ``xpnn.fit``.
 MNIST cannot be downloaded here, so both read real Fashion-MNIST (--data).
 
     python scripts/seed_fcn_numpy.py                  # 5 epochs, seed 0
@@ -21,7 +21,6 @@ import numpy as np
 import xpnn
 from xpnn.data import load_dataset
 from xpnn.optim import SGD
-from xpnn.trainer import Trainer
 
 SIZES = [784, 256, 128, 10]
 
@@ -64,14 +63,9 @@ def seed_loop(x_train, y_train, x_test, y_test, epochs: int, seed: int, lr: floa
 def xpnn_run(data, epochs: int, seed: int, init: str, device: str, lr: float = 0.01, batch: int = 128) -> float:
     """The same setting through the library; returns the test accuracy after the last epoch."""
     model = xpnn.mlp(SIZES, init=init, backend=device, seed=seed)
-    trainer = Trainer(model, SGD(model, lr=lr), batch_size=batch, seed=seed)
-    train = trainer.device_data(data.x_train, data.y_train, 10)
-    be = model.backend
-    test = (be.asarray(data.x_test), be.asarray(data.y_test))
-    result = None
-    for epoch in range(epochs):
-        result = trainer.run_epoch(train, epoch, {"test": test})
-    return result.test_accuracy
+    history = xpnn.fit(model, SGD(model, lr=lr), data.x_train, data.y_train, epochs=epochs, batch_size=batch,
+                       eval_sets={"test": (data.x_test, data.y_test)}, seed=seed, verbose=False, progress=False)
+    return history[-1]["test_accuracy"]
 
 
 def main() -> None:

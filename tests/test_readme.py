@@ -15,7 +15,7 @@ def python_blocks() -> list[str]:
 def test_readme_has_the_library_examples():
     text = "\n".join(python_blocks())
     for needle in ("xpnn.fit(", "EarlyStopping", "MeanSquaredError", ".freeze(", "class Scale(xpnn.Layer)",
-                   "xpnn.gradcheck"):
+                   "xpnn.gradcheck", "xpnn.cnn("):
         assert needle in text, f"the README lost its {needle} example"
 
 
@@ -33,3 +33,4 @@ def test_every_readme_snippet_runs(tmp_path, monkeypatch, capsys):
     assert best < epochs < 200  # early stopping stopped it
     assert float(re.search(r"mse ([\d.]+)", out).group(1)) < 0.01
     assert "Trainable params" in out
+    assert int(re.search(r"cnn train accuracy (\d+)%", out).group(1)) > 80
