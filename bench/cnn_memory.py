@@ -15,36 +15,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from implementations import load_data, make_cnn_epoch
-from memory import _status
+from memory import peak_bytes
 
 
 def measure(implementation: str, backend: str, batch: int, samples: int) -> dict:
     x, y, source = load_data(samples)
     epoch = make_cnn_epoch(implementation, backend, x, y, batch)
-    epoch.run()  # warm-up: caches, allocator pools, lazy initialization
-    if backend == "cupy":
-        import cupy
-
-        pool = cupy.get_default_memory_pool()
-        pool.free_all_blocks()
-        before = pool.used_bytes()
-        epoch.run()
-        peak = pool.total_bytes() - before
-    elif backend == "torch-cuda":
-        import torch
-
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        epoch.run()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        before = _status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        epoch.run()
-        peak = _status("VmHWM") - before
     return {"implementation": implementation, "backend": backend, "batch": batch, "samples": samples,
-            "peak_mb": peak / 1e6, "kind": "device" if backend in ("cupy", "torch-cuda") else "host", "data": source}
+            "peak_mb": peak_bytes(epoch, backend) / 1e6,
+            "kind": "device" if backend in ("cupy", "torch-cuda") else "host", "data": source}
 
 
 if __name__ == "__main__":

@@ -25,12 +25,10 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(implementation: str, backend: str, batch: int) -> dict:
-    x, y, source = load_data()
-    epoch = make_epoch(implementation, backend, x, y, batch or x.shape[0])
+def peak_bytes(epoch: object, backend: str) -> int:
+    """What one ``epoch.run()`` needs beyond what is resident before it, after a warm-up epoch."""
     epoch.run()  # warm-up: caches, allocator pools, lazy initialization
-    gpu = backend in ("cupy", "torch-cuda")
-    if gpu and backend == "cupy":
+    if backend == "cupy":
         import cupy
 
         pool = cupy.get_default_memory_pool()
@@ -38,22 +36,27 @@ def measure(implementation: str, backend: str, batch: int) -> dict:
         before = pool.used_bytes()
         # CuPy keeps no peak counter: sample the pool's total, which only grows without free_all_blocks.
         epoch.run()
-        peak = pool.total_bytes() - before
-    elif gpu:
+        return pool.total_bytes() - before
+    if backend == "torch-cuda":
         import torch
 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         epoch.run()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        before = _status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        epoch.run()
-        peak = _status("VmHWM") - before
-    return {"implementation": implementation, "backend": backend, "batch": batch, "peak_mb": peak / 1e6,
-            "kind": "device" if gpu else "host", "data": source}
+        return torch.cuda.max_memory_allocated() - before
+    before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    epoch.run()
+    return _status("VmHWM") - before
+
+
+def measure(implementation: str, backend: str, batch: int) -> dict:
+    x, y, source = load_data()
+    epoch = make_epoch(implementation, backend, x, y, batch or x.shape[0])
+    gpu = backend in ("cupy", "torch-cuda")
+    return {"implementation": implementation, "backend": backend, "batch": batch,
+            "peak_mb": peak_bytes(epoch, backend) / 1e6, "kind": "device" if gpu else "host", "data": source}
 
 
 if __name__ == "__main__":
