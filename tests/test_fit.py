@@ -79,10 +79,10 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     seen = {}
     record = LambdaCallback(lambda trainer, row: seen.setdefault(row["epoch"], trainer.snapshot()))
     # Training loss only falls, so with mode="max" epoch 1 stays the best and patience runs out.
-    stop = EarlyStopping(monitor="train_loss", mode="max", patience=1)
+    stop = EarlyStopping(monitor="train_loss", mode="max", patience=2)
     history = xpnn.fit(model, xpnn.optim.Adam(model, lr=0.01), x, y, epochs=10, verbose=False,
                        callbacks=[record, stop])
-    assert len(history) == 3 and stop.stopped_epoch == 3 and stop.best_epoch == 1
+    assert len(history) == 3 and stop.stopped_epoch == 3 and stop.best_epoch == 1  # 2 epochs without improvement
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, seen[1][name])
     assert not np.array_equal(seen[3]["0.W"], seen[1]["0.W"])
@@ -177,3 +177,53 @@ def test_history_column_of_an_unknown_key_names_the_known_ones():
     history = History([{"epoch": 1, "train_loss": 1.0}])
     with pytest.raises(KeyError, match=r"no 'val_loss'; it has \['epoch', 'train_loss'\]"):
         history["val_loss"]
+
+
+def test_early_stopping_puts_back_the_best_weights_when_training_diverges():
+    x, y = blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    seen = {}
+    record = LambdaCallback(lambda trainer, row: seen.setdefault(row["epoch"], trainer.snapshot()))
+
+    def explode(trainer, row):
+        if row["epoch"] == 2:
+            trainer.base_lr = 1e12
+
+    stop = EarlyStopping(monitor="train_loss", patience=100)
+    trainer = xpnn.Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=20, schedule=lambda epoch: 1.0)
+    with np.errstate(all="ignore"), pytest.raises(xpnn.DivergenceError):
+        trainer.fit(x, y, epochs=10, verbose=False, callbacks=[record, LambdaCallback(explode), stop])
+    best = seen[stop.best_epoch]
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, best[name])
+
+
+def test_eval_sets_must_be_a_dict():
+    x, y = blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    with pytest.raises(ValueError, match="eval_sets must be a dict"):
+        xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, verbose=False, eval_sets=[("a", (x, y))])
+
+
+def test_integer_inputs_are_converted_like_floats():
+    x, y = blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), np.round(x * 10).astype(np.int32), y, epochs=1,
+                       verbose=False)
+    assert np.isfinite(history[0]["train_loss"])
+
+
+def test_early_stopping_patience_counts_epochs_without_improvement_as_keras_does():
+    stop = EarlyStopping(monitor="val_loss", patience=1)
+
+    class Fake:
+        stop_training = False
+
+        def snapshot(self):
+            return {}
+
+    trainer = Fake()
+    stop.on_train_begin(trainer)
+    for epoch, loss in enumerate([1.2, 1.1, 0.8, 1.2], start=1):
+        stop.on_epoch_end(trainer, {"epoch": epoch, "val_loss": loss})
+    assert trainer.stop_training and stop.stopped_epoch == 4

@@ -41,9 +41,9 @@ def run(dataset, *flags):
 
 
 def one_line_error(capsys, dataset, *flags):
-    """Run the CLI expecting exit 1 with one line on stderr and nothing on stdout (it failed before training)."""
+    """Run the CLI expecting exit 2 (a bad output flag) with one line on stderr and nothing on stdout."""
     capsys.readouterr()
-    assert run(dataset, *flags) == 1
+    assert run(dataset, *flags) == 2
     out, err = capsys.readouterr()
     assert out == "", f"it started training: {out}"
     lines = err.strip().splitlines()
@@ -400,7 +400,7 @@ def test_through_a_subprocess(dataset, tmp_path, flag, target):
         assert result.returncode == 0, result.stderr
         assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     else:
-        assert result.returncode == 1 and result.stdout == ""
+        assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.strip().splitlines() == [result.stderr.strip()]
         assert flag in result.stderr
 

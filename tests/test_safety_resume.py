@@ -44,7 +44,7 @@ def checkpoint(dataset, tmp_path_factory):
         (["--val", "50"], "--val 50 differs from the checkpoint's 0"),
         (["--full-batch"], "--full-batch (on) differs from the checkpoint's (off)"),
         (["--model", "cnn"], "--model cnn differs from the checkpoint's mlp"),
-        (["--init", "xavier"], "--init xavier differs from the checkpoint's None"),
+        (["--init", "xavier"], "--init xavier differs from the checkpoint's he"),
         (["--momentum", "0.5"], "--momentum 0.5 differs from the checkpoint's 0.9"),
         (["--dataset", "fashion-mnist"], "--dataset fashion-mnist differs from the checkpoint's mnist"),
         (["--lr=0.2"], "--lr 0.2 differs from the checkpoint's 0.05"),
@@ -120,3 +120,28 @@ def test_optimizer_state_is_checked_key_by_key_and_shape_by_shape(dataset, check
     assert result.returncode == 1
     line = one_error_line(result)
     assert str(tampered) in line and message in line
+
+
+def test_resuming_a_finished_run_into_another_save_writes_what_it_announces(dataset, checkpoint, tmp_path):
+    other, log = tmp_path / "other.npz", tmp_path / "other.jsonl"
+    result = cli("--data-dir", dataset, *BASE, "--resume", checkpoint, "--save", other, "--metrics", log)
+    assert result.returncode == 0, result.stderr
+    assert checkpoint_state(other)[1]["epoch"] == 2 and len(metrics(log)) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("model", "rnn"), ("batch_size", "x"), ("batch_size", -3), ("epochs", "x"), ("full_batch", "yes"),
+     ("hidden", [16, "a"]), ("lr", -1.0), ("optimizer", "lbfgs"), ("seed", 1.5), ("data", 7)],
+)
+def test_a_checkpoint_with_bad_settings_is_one_line_naming_the_setting(dataset, checkpoint, tmp_path, key, value):
+    tampered = _tampered(checkpoint, tmp_path, lambda a, h: h["settings"].__setitem__(key, value))
+    result = cli("--data-dir", dataset, *BASE, "--resume", tampered)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert str(tampered) in line and f"setting {key!r}" in line
+
+
+def test_a_flag_equal_to_the_default_the_checkpoint_used_is_not_a_change(dataset, checkpoint):
+    result = cli("--data-dir", dataset, *BASE, "--init", "he", "--resume", checkpoint)
+    assert result.returncode == 0, result.stderr

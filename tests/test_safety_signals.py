@@ -67,7 +67,7 @@ def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_pa
 def test_out_of_memory_is_one_line(dataset):
     result = cli("--data-dir", dataset, "--hidden", "100000000000", "--epochs", "1", "--quiet")
     assert result.returncode == 1
-    assert "out of memory; try a smaller --hidden" in one_error_line(result)
+    assert "out of memory; try a smaller --batch-size (or --hidden)" in one_error_line(result)
 
 
 def test_memory_error_anywhere_is_one_line(dataset, monkeypatch, capsys):
@@ -77,7 +77,7 @@ def test_memory_error_anywhere_is_one_line(dataset, monkeypatch, capsys):
     monkeypatch.setattr(cli_module.Trainer, "fit", exhausted)
     assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "1"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "python -m xpnn.train: error: out of memory; try a smaller --hidden, --batch-size or --full-batch off")
+        "python -m xpnn.train: error: out of memory; try a smaller --batch-size (or --hidden), or --full-batch off")
 
 
 @pytest.mark.parametrize("value", ["0", "0.0", "0.00", "0e0", "-0.0"])
@@ -109,3 +109,38 @@ def test_bad_numbers_name_the_flag(dataset, flags, message):
 
 def test_the_library_version_is_importable():
     assert xpnn.__version__
+
+
+def test_torch_cuda_without_cuda_is_one_line_and_exit_2(dataset):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    result = cli("--data-dir", dataset, *FAST, "--epochs", "1", "--device", "torch:cuda")
+    assert result.returncode == 2 and "this torch has no usable CUDA device" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "foo"], "--device: unknown device 'foo'"),
+        (["--model", "cnn", "--hidden", "8"], "--hidden sets the MLP's layers"),
+        (["--cuda-graphs", "on"], "cuda"),
+    ],
+)
+def test_flags_found_wrong_after_parsing_exit_2_with_one_line(dataset, flags, message):
+    result = cli("--data-dir", dataset, *FAST, "--epochs", "1", *flags)
+    assert result.returncode == 2 and message in one_error_line(result)
+
+
+def test_a_cnn_that_does_not_fit_the_images_is_a_flag_error(tmp_path):
+    tiny = make_dataset(tmp_path / "tiny", side=3, n_train=60, n_test=20)
+    result = cli("--data-dir", tiny, "--model", "cnn", "--epochs", "1", "--batch-size", "10", "--quiet")
+    assert result.returncode == 2 and "--model cnn does not fit" in one_error_line(result)
+
+
+def test_the_cnn_takes_the_activation_flag(dataset, tmp_path):
+    save = tmp_path / "cnn.npz"
+    assert cli("--data-dir", dataset, "--model", "cnn", "--activation", "tanh", "--epochs", "1", "--quiet",
+               "--save", save).returncode == 0
+    config = checkpoint_state(save)[1]["config"]
+    assert [layer["type"] for layer in config["layers"]].count("Tanh") == 3

@@ -446,6 +446,9 @@ def get_backend(spec: Any = "cpu", dtype: Any = "float32") -> Backend:
     if key.startswith("torch"):
         torch = _import_optional("torch", 'pip install "xpnn[torch]"')
         _, _, device = key.partition(":")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"device {spec!r}: this torch has no usable CUDA device (torch "
+                               f"{torch.__version__}); install a CUDA build of torch, or use --device torch")
         return Backend.from_namespace(torch, device=device or "cpu", dtype=dtype)
     if key in ("array_api_strict", "array-api-strict", "strict"):
         strict = _import_optional("array_api_strict", "pip install array-api-strict")

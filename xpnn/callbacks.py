@@ -97,7 +97,7 @@ class EarlyStopping(Callback):
     monitor : str
         A key of the history rows, e.g. ``"val_loss"`` (default) or ``"val_accuracy"``.
     patience : int
-        Epochs without improvement to wait before stopping (>= 0).
+        Stop after this many epochs in a row without improvement (>= 0; 0 and 1 both stop at the first).
     min_delta : float
         Smallest change that counts as an improvement (>= 0).
     mode : {"auto", "min", "max"}
@@ -150,7 +150,7 @@ class EarlyStopping(Callback):
                 self._best_state = trainer.snapshot()
             return
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= max(self.patience, 1):  # as Keras: patience=2 stops after 2 epochs without improvement
             self.stopped_epoch = row["epoch"]
             trainer.stop_training = True
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import signal
 import sys
 import textwrap
@@ -32,7 +33,7 @@ from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, input_paths, load_dataset
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
-from .files import check_outputs, write_file
+from .files import OutputError, check_outputs, write_file
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
@@ -182,6 +183,8 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     warnings = []
     if saved is not None:
         saved = {**{"model": "mlp"}, **saved}  # checkpoints from before --model trained MLPs
+        if "init" in saved and saved["init"] is None:  # before the effective initializer was saved
+            saved["init"] = default_init(saved.get("activation", "relu"))
         for key in EXACT_SETTINGS:
             if key not in saved:
                 continue
@@ -197,6 +200,11 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     for key, value in MODEL_DEFAULTS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.init is None:
+        args.init = default_init(args.activation)
+    if args.model == "cnn" and "hidden" in given:
+        raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
+                         "drop --hidden or use --model mlp")
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -208,6 +216,55 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
                          "on differ from both an uninterrupted run of either length")
             warnings.append(note)
     return warnings
+
+
+def default_init(activation: str) -> str:
+    """The initializer mlp() and cnn() pick when none is given."""
+    return "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
+
+
+def check_settings(saved: Any, path: str) -> dict[str, Any]:
+    """The settings of a checkpoint header, each checked against what its flag accepts.
+
+    Raises
+    ------
+    FormatError
+        Naming the file and the first setting that no command line could have produced.
+    """
+    if not isinstance(saved, dict):
+        raise FormatError(f"{path}: the checkpoint's settings are not a JSON object")
+    actions = {action.dest: action for action in build_parser()._actions}
+    for key, value in saved.items():
+        if key == "data":
+            ok = isinstance(value, str)
+        elif key == "full_batch":
+            ok = isinstance(value, bool)
+        elif key == "hidden":
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                 for v in value)
+        elif key == "init" and value is None:
+            ok = True
+        elif key in actions:
+            ok = _accepted(actions[key], value)
+        else:
+            continue  # a setting of another xpnn version that this one does not use
+        if not ok:
+            raise FormatError(f"{path}: the checkpoint's setting {key!r} = {value!r} is not a valid "
+                              f"--{key.replace('_', '-')}")
+    return saved
+
+
+def _accepted(action: argparse.Action, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    if action.choices is not None and value not in action.choices:
+        return False
+    if action.type is None:
+        return isinstance(value, str)
+    try:
+        return action.type(str(value)) == value
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return False
 
 
 def _differs(value: Any, saved: Any) -> bool:
@@ -240,7 +297,10 @@ class Run:
         self.comm = Local() if comm is None else comm
         quiet = args.quiet or not self.comm.is_root
         self.say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-        self.backend = get_backend(rank_device(args.device, self.comm))
+        try:
+            self.backend = get_backend(rank_device(args.device, self.comm))
+        except ValueError as error:
+            raise UsageError(f"--device: {error}") from None
         self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
         self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
@@ -249,17 +309,25 @@ class Run:
         n = self.data.x_train.shape[0]
         if not args.full_batch and args.batch_size > n:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
-        self.model = self.build_model()
+        try:
+            self.model = self.build_model()
+        except ValueError as error:  # e.g. a CNN whose pooling windows do not fit the images
+            raise UsageError(f"--model {args.model} does not fit {self.data.name}: {error}") from None
         self.model.check_values = False  # the data is checked once, in fit(), not at every step
         options: dict[str, Any] = {"weight_decay": args.weight_decay}
         if args.optimizer == "momentum":
             options["momentum"] = args.momentum
         self.optimizer = get_optimizer(args.optimizer, self.model, args.lr, **options)
-        self.trainer = Trainer(self.model, self.optimizer, batch_size=None if args.full_batch else args.batch_size,
-                               schedule=get_schedule(args.schedule, args.epochs), seed=args.seed, comm=self.comm,
-                               cuda_graphs=args.cuda_graphs)
+        try:
+            self.trainer = Trainer(self.model, self.optimizer,
+                                   batch_size=None if args.full_batch else args.batch_size,
+                                   schedule=get_schedule(args.schedule, args.epochs), seed=args.seed,
+                                   comm=self.comm, cuda_graphs=args.cuda_graphs)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         self.start_epoch = 0
         self.saved_epoch: int | None = None
+        self.metrics_written = False
 
     def build_model(self) -> Sequential:
         args, data = self.args, self.data
@@ -268,8 +336,8 @@ class Run:
             from .model import cnn
 
             self.image_shape = (1, *data.image_shape)
-            return cnn((1, 32, 64), (128, data.n_classes), image_size=data.image_shape, init=args.init or None,
-                       dropout=args.dropout, backend=self.backend, seed=args.seed)
+            return cnn((1, 32, 64), (128, data.n_classes), image_size=data.image_shape, activation=args.activation,
+                       init=args.init, dropout=args.dropout, backend=self.backend, seed=args.seed)
         self.image_shape = None
         sizes = [data.n_features, *args.hidden, data.n_classes]
         return mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,
@@ -287,7 +355,8 @@ class Run:
         header = load_checkpoint(path, self.model, self.optimizer)
         self.start_epoch = header["epoch"]
         self.trainer.history.rows[:] = header["history"]
-        self.saved_epoch = self.start_epoch
+        same = self.args.save is not None and os.path.exists(self.args.save) and os.path.samefile(self.args.save, path)
+        self.saved_epoch = self.start_epoch if same else None  # what --save holds so far
         if self.start_epoch > self.args.epochs:
             raise UsageError(f"--epochs {self.args.epochs}: the checkpoint {path} has already trained "
                              f"{self.start_epoch} epochs; pass a larger --epochs to continue")
@@ -324,6 +393,7 @@ class _EpochEnd(Callback):
             self.run.checkpoint(row["epoch"])
             if self.run.args.metrics and self.run.comm.is_root:
                 write_metrics(self.run.args.metrics, trainer.history.rows)
+                self.run.metrics_written = True
 
 
 @contextlib.contextmanager
@@ -388,7 +458,7 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
-        saved = header.get("settings") if isinstance(header.get("settings"), dict) else {}
+        saved = check_settings(header.get("settings", {}), args.resume)
     for warning in apply_defaults(args, set() if given is None else given, saved):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
@@ -403,8 +473,8 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
     if data.x_val is not None:
         eval_sets = {"val": (run.inputs(data.x_val), data.y_val), **eval_sets}
     if args.save and run.saved_epoch is None:
-        with _interrupts_deferred():
-            run.checkpoint(0)  # so that an interrupted first epoch still leaves a checkpoint to resume from
+        with _interrupts_deferred():  # so that an interrupted first epoch still leaves a checkpoint to resume from
+            run.checkpoint(run.start_epoch)
     started = time.perf_counter()
     try:
         history = run.trainer.fit(run.inputs(data.x_train), data.y_train, epochs=args.epochs, eval_sets=eval_sets,
@@ -423,6 +493,11 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
         return 1
     if not run.comm.is_root:
         return 0
+    last = history[-1]["epoch"] if len(history) else 0
+    if args.save and run.saved_epoch != last:  # e.g. a finished checkpoint resumed into another --save
+        run.checkpoint(last)
+    if args.metrics and len(history) and not run.metrics_written:
+        write_metrics(args.metrics, history.rows)
     if args.plot and len(history):
         plot_history(args.plot, history.rows, run.describe())
     if len(history):
@@ -488,8 +563,9 @@ def _quiet_unless(speaking: bool, stderr: io.StringIO | None = None) -> Any:
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], comm: Any) -> int:
     try:
         return train(args, given_flags(parser, argv), comm)
-    except UsageError as error:
-        parser.error(str(error))
+    except (UsageError, OutputError) as error:  # a flag found wrong once the data, files or model are known
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     except BackendError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
@@ -497,13 +573,12 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"{PROG}: error: out of memory; try a smaller --hidden, --batch-size or --full-batch off",
+        print(f"{PROG}: error: out of memory; try a smaller --batch-size (or --hidden), or --full-batch off",
               file=sys.stderr)
         return 1
     except (FormatError, FileNotFoundError, ValueError, OSError, DistributedError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
-    return 2  # unreachable: parser.error always exits
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ class Trainer:
             raise ValueError(f"{what}: x must hold numbers, got dtype {x.dtype}")
         if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
             raise ValueError(f"{what}: x contains NaN or infinite values; clean or impute them first")
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)  # integer pixels, booleans: the backend turns them into its float dtype
         n_out = self._output_shape(be.asarray(x[:1]), what)
         task = metrics.task_of(model.loss_fn)
         labels = None
@@ -191,7 +193,8 @@ class Trainer:
         try:
             out = self.model.predict(sample)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{what} does not fit the model: {error}") from None
+            raise ValueError(f"{what} does not fit the model (one sample of shape {tuple(sample.shape[1:])} "
+                             f"tried): {error}") from None
         return tuple(out.shape[1:])
 
     # ------------------------------------------------------------------ one epoch
@@ -351,6 +354,8 @@ class Trainer:
             if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
             sets["val"] = tuple(validation_data)
+        if eval_sets is not None and not isinstance(eval_sets, dict):
+            raise ValueError("fit: eval_sets must be a dict of name -> (x, y), e.g. {'test': (x_test, y_test)}")
         for name, pair in (eval_sets or {}).items():
             if name in sets or name == "train" or not str(name).isidentifier():
                 raise ValueError(f"fit: evaluation set name {name!r} is taken or not a plain name")
@@ -385,6 +390,8 @@ class Trainer:
                     row = self.run_epoch(data, index, evaluations, progress=progress and self.comm.is_root)
                 except DivergenceError:
                     self.model.load_state_dict(last_good)  # what the model keeps is the last good epoch
+                    for callback in callbacks:  # EarlyStopping may put back an even better one
+                        callback.on_train_end(self)
                     raise
                 self.history.append(row)
                 if verbose and self.comm.is_root:
