@@ -385,3 +385,20 @@ def test_strided_unfold_is_numpy_only(backend):
     """Every other library takes the generic path, which the tests above check against torch."""
     fast = backend.unfold_fast(backend.zeros((1, 3, 3, 1)), (2, 2), (1, 1), (2, 2))
     assert (fast is not None) == (backend.name == "numpy")
+
+
+def test_a_saved_cnn_keeps_its_input_shape(tmp_path):
+    model = xpnn.cnn([1, 4], [3], image_size=(8, 6), seed=0)
+    loaded = xpnn.load(model.save(tmp_path / "cnn.npz"))
+    assert loaded.input_shape == (1, 8, 6) == model.input_shape
+    assert loaded.output_shapes()[-1] == (3,)
+
+
+@pytest.mark.parametrize("shape", [[0, 8, 8], "1x8x8", [1.5, 8, 8], [True, 8, 8], list(range(1, 11))])
+def test_a_crafted_input_shape_is_a_format_error(tmp_path, shape):
+    model = xpnn.cnn([1, 4], [3], image_size=8, seed=0)
+    arrays = {name: np.asarray(value) for name, value in model.state_dict().items()}
+    config = {**model.config(), "input_shape": shape}
+    path = xpnn.serialization.write_npz(tmp_path / "bad.npz", arrays, {"kind": "model", "config": config, "seed": 0})
+    with pytest.raises(xpnn.FormatError, match="input_shape"):
+        xpnn.load(path)

@@ -576,7 +576,11 @@ class Sequential:
             if not layer.trainable:
                 spec["trainable"] = False  # only when frozen, so files of models without freezing do not change
             layers.append(spec)
-        return {"layers": layers, "loss": {"type": type(self.loss_fn).__name__, **self.loss_fn.config()}}
+        config: dict[str, Any] = {"layers": layers,
+                                  "loss": {"type": type(self.loss_fn).__name__, **self.loss_fn.config()}}
+        if self.input_shape is not None and not (self.layers and isinstance(self.layers[0], Affine)):
+            config["input_shape"] = list(self.input_shape)  # an Affine first layer says it itself (older files)
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | str = "cpu", seed: int = 0) -> Sequential:
@@ -589,7 +593,7 @@ class Sequential:
             loss type, or arguments its constructor refuses.
         """
         layers, loss = _from_config(config, "config")
-        return cls(layers, loss, backend=backend, seed=seed)
+        return cls(layers, loss, backend=backend, seed=seed, input_shape=_input_shape(config, "config"))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write architecture and weights to an ``.npz`` file atomically; the model stays on its device."""
@@ -670,7 +674,8 @@ def load(path: str | os.PathLike, backend: Backend | str = "cpu") -> Sequential:
         _check_declared_shapes(layers, npz.shapes, source)
         arrays = npz.read(npz.shapes)
     try:
-        model = Sequential(layers, loss, backend=backend, seed=npz.header.get("seed", 0))
+        model = Sequential(layers, loss, backend=backend, seed=npz.header.get("seed", 0),
+                           input_shape=_input_shape(npz.header["config"], source))
     except (ValueError, TypeError, OverflowError, MemoryError) as error:
         raise FormatError(f"{source}: its configuration cannot be built ({type(error).__name__}: {error})") from None
     model.load_state_dict(arrays, source=source)
@@ -682,6 +687,17 @@ def _from_config(config: Any, source: str) -> tuple[list[Layer], Loss]:
     validate_header(config, "config", source)
     layers = [_construct(Layer.registry, spec, f"layer {index}", source) for index, spec in enumerate(config["layers"])]
     return layers, _construct(Loss.registry, config["loss"], "loss", source)
+
+
+def _input_shape(config: dict[str, Any], source: str) -> tuple[int, ...] | None:
+    """The per-sample input shape a configuration records (models whose first layer does not imply it)."""
+    shape = config.get("input_shape")
+    if shape is None:
+        return None
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 8
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**31 for n in shape)):
+        raise FormatError(f"{source}: input_shape must be a list of 1 to 8 positive integers, got {shape!r}")
+    return tuple(shape)
 
 
 def _construct(registry: dict[str, type], spec: dict[str, Any], what: str, source: str = "config") -> Any:
