@@ -293,12 +293,13 @@ def cnn_epoch_flops(n: int, batch: int) -> int:
     return total
 
 
-def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, workers: int = 1) -> Epoch:
     """xpnn.cnn() without dropout, SGD, the trainer's epoch (shuffled, batches cut on the device)."""
     backend = xpnn_backend(backend_name)
     model = xpnn.cnn(dropout=0.0, backend=backend, seed=0)
     model.check_values = False
-    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=CNN_LR), batch_size=batch, seed=0)
+    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=CNN_LR), batch_size=batch, seed=0,
+                                   workers=workers)
     data = trainer.device_data(cnn_images(x), y)
     counter = iter(range(10**9))
 
@@ -307,7 +308,21 @@ def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) 
         backend.sync()
         del loss
 
-    return Epoch("xpnn", backend_name, batch, x.shape[0], run)
+    return Epoch("xpnn" if workers == 1 else f"xpnn-{workers}workers", backend_name, batch, x.shape[0], run)
+
+
+def xpnn_cnn_2workers_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """xpnn with ``workers=2``: two threads share each batch (NumPy only; xpnn.parallel)."""
+    workers_available(backend_name)
+    return xpnn_cnn_epoch(backend_name, x, y, batch, workers=2)
+
+
+def workers_available(backend_name: str) -> None:
+    """LookupError (a skip) where workers > 1 cannot run: another library, or no threadpoolctl."""
+    if backend_name != "numpy":
+        raise LookupError("workers > 1 pays only on NumPy")
+    if importlib.util.find_spec("threadpoolctl") is None:
+        raise LookupError("threadpoolctl is not installed (pip install '.[threads]')")
 
 
 def pytorch_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
@@ -386,7 +401,8 @@ def cnn_matmul_bound(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int
     return Epoch("matmul-bound", backend_name, batch, n, run)
 
 
-CNN_IMPLEMENTATIONS = {"xpnn": xpnn_cnn_epoch, "pytorch": pytorch_cnn_epoch, "matmul-bound": cnn_matmul_bound}
+CNN_IMPLEMENTATIONS = {"xpnn": xpnn_cnn_epoch, "xpnn-2workers": xpnn_cnn_2workers_epoch, "pytorch": pytorch_cnn_epoch,
+                       "matmul-bound": cnn_matmul_bound}
 
 
 def make_cnn_epoch(implementation: str, backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:

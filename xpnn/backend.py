@@ -155,6 +155,13 @@ class Backend:
         return self._library == "torch" and getattr(self.device, "type", None) == "cuda"
 
     @property
+    def single_threaded(self) -> bool:
+        """Whether element-wise operations, copies and reductions run on one core (NumPy, array-api-strict):
+        only there does splitting each batch over worker threads pay (:mod:`xpnn.parallel`); torch and CuPy
+        already spread every operation over the whole CPU or GPU."""
+        return self._library in ("numpy", "array_api_strict")
+
+    @property
     def launch_bound(self) -> bool:
         """Whether every array operation is a kernel launch (CuPy, torch on CUDA): there few big operations
         win (one update of a flat buffer); on the CPU few passes over memory do (no copies into one buffer)."""

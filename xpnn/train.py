@@ -119,7 +119,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # and refuses a different value, which would make the resumed run differ from an uninterrupted one.
 # --epochs may change (with a warning); --device may change (results then agree to float rounding).
 EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
-                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout")
+                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout", "workers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
+    add("--workers", type=_positive_int, default=1, metavar="N",
+        help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
+             "2 on a two-core machine trains the CNN about 1.8x faster (default: 1)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
         help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
              "(no dropout, no batchnorm, one process) (default: auto)")
@@ -322,9 +325,10 @@ class Run:
             self.trainer = Trainer(self.model, self.optimizer,
                                    batch_size=None if args.full_batch else args.batch_size,
                                    schedule=get_schedule(args.schedule, args.epochs), seed=args.seed,
-                                   comm=self.comm, cuda_graphs=args.cuda_graphs)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+                                   comm=self.comm, cuda_graphs=args.cuda_graphs, workers=args.workers)
+        except (ValueError, ImportError) as error:
+            message = str(error).replace("Trainer: workers", "--workers").replace("use workers=1", "use --workers 1")
+            raise UsageError(message) from None
         self.start_epoch = 0
         self.saved_epoch: int | None = None
         self.metrics_written = False

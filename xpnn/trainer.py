@@ -26,6 +26,7 @@ from .graphs import make_step_graph
 from .losses import one_hot
 from .model import SHUFFLE_STREAM, Sequential
 from .optim import Optimizer, get_schedule
+from .parallel import ThreadWorkers, check_workers
 from .progress import ProgressBar
 
 __all__ = ["DeviceData", "DivergenceError", "Trainer", "fit", "format_row", "load_checkpoint", "save_checkpoint"]
@@ -94,6 +95,10 @@ class Trainer:
     cuda_graphs : {"auto", "on", "off"}
         Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
         safe (torch on CUDA, no dropout, no buffers, one process), ``on`` raises where it is not. Same results.
+    workers : int
+        Threads that share each batch on the NumPy backend (:mod:`xpnn.parallel`): 2 on a two-core machine
+        trains a CNN about 1.8x faster. The gradient is the same up to rounding; dropout streams and
+        BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value.
 
     Attributes
     ----------
@@ -105,7 +110,8 @@ class Trainer:
 
     def __init__(self, model: Sequential, optimizer: Optimizer, *, batch_size: int | None = 128,
                  schedule: Callable[[int], float] | None = None, seed: int = 0, comm: Any = None,
-                 divergence_factor: float | None = 100.0, eval_batch_size: int = 1000, cuda_graphs: str = "auto"):
+                 divergence_factor: float | None = 100.0, eval_batch_size: int = 1000, cuda_graphs: str = "auto",
+                 workers: int = 1):
         if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
             raise ValueError(f"Trainer: batch_size must be a positive integer or None, got {batch_size!r}")
         if divergence_factor is not None and not divergence_factor > 1:
@@ -122,6 +128,9 @@ class Trainer:
         self.full_batch_of: int | None = None
         #: The captured step (:class:`xpnn.graphs.StepGraph`) that full batches replay, or None (eager steps).
         self.graph = make_step_graph(cuda_graphs, model, optimizer, self.comm)
+        #: Threads that share each batch (:mod:`xpnn.parallel`), or None for one.
+        self.workers = check_workers(workers, model.backend, "Trainer")
+        self.parallel = ThreadWorkers(model, self.workers) if self.workers > 1 else None
 
     # ------------------------------------------------------------------ data
     def device_data(self, x: Any, y: Any, what: str = "training data") -> DeviceData:
@@ -212,7 +221,7 @@ class Trainer:
             raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(index)
-        model.reseed(index) if comm.size == 1 else model.reseed(index, comm.rank)
+        entropy = (index,) if comm.size == 1 else (index, comm.rank)
         order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
             order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
@@ -220,7 +229,10 @@ class Trainer:
                 data, order = data.take(order), None
         losses, hits, sizes = [], [], []
         checking, model.check_values = model.check_values, False  # the data was checked once, up front
+        if self.parallel is None:
+            model.reseed(*entropy)
         with _restore_checks(model, checking), \
+                self.parallel.epoch(*entropy) if self.parallel else contextlib.nullcontext(), \
                 ProgressBar(math.ceil(n / batch), f"epoch {index + 1}", unit="batches", enabled=progress) as bar:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
@@ -241,15 +253,19 @@ class Trainer:
                         hits.append(hit)
                     bar.update()
                     continue
-                logits = model.predict(part.x, train=True)
-                loss = model.loss_fn(logits, part.targets)
-                model.backward()
+                if self.parallel is not None:
+                    loss, hit = self.parallel.step(part.x, part.targets, part.labels, metrics.count_correct)
+                else:
+                    logits = model.predict(part.x, train=True)
+                    loss = model.loss_fn(logits, part.targets)
+                    model.backward()
+                    truth = part.targets if part.labels is None else part.labels
+                    hit = metrics.count_correct(model.loss_fn, logits, truth)
                 comm.allreduce_gradients(model, hi - lo, stop - start)
                 self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
                 losses.append(loss)
                 sizes.append(hi - lo)
-                hit = metrics.count_correct(model.loss_fn, logits, part.targets if part.labels is None else part.labels)
                 if hit is not None:
                     hits.append(hit)
                 bar.update()
@@ -410,7 +426,7 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
         validation_data: tuple[Any, Any] | None = None, validation_split: float = 0.0,
         eval_sets: dict[str, tuple[Any, Any]] | None = None, schedule: str | Callable[[int], float] | None = None,
         callbacks: Sequence[Callback] = (), seed: int = 0, verbose: bool = True, progress: bool = True,
-        comm: Any = None) -> History:
+        comm: Any = None, workers: int = 1) -> History:
     """Train ``model`` on host data, as Keras' ``model.fit`` does, and return its history.
 
     Parameters
@@ -446,6 +462,8 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
         Show a progress bar within each epoch (only on a terminal).
     comm : communicator, optional
         For data-parallel training over MPI (see :mod:`xpnn.distributed`).
+    workers : int
+        Threads that share each batch on the NumPy backend (see :class:`Trainer` and :mod:`xpnn.parallel`).
 
     Returns
     -------
@@ -473,7 +491,8 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
     """
     if isinstance(schedule, str):
         schedule = get_schedule(schedule, epochs)
-    trainer = Trainer(model, optimizer, batch_size=batch_size, schedule=schedule, seed=seed, comm=comm)
+    trainer = Trainer(model, optimizer, batch_size=batch_size, schedule=schedule, seed=seed, comm=comm,
+                      workers=workers)
     return trainer.fit(x, y, epochs=epochs, validation_data=validation_data, validation_split=validation_split,
                        eval_sets=eval_sets, callbacks=callbacks, verbose=verbose, progress=progress)
 

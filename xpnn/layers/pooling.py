@@ -52,10 +52,27 @@ class _Pool2d(Layer):
                 blocks.append((index, x[index]))
         return blocks
 
-    def _channels_last(self, a: Any) -> Any:
+    def _channels_last(self, a: Any, contiguous: bool = False) -> Any:
         """(N, C, H, W) viewed as (N, H, W, C). Pooling works in this frame: Conv2d's outputs are channels-last in
-        memory, so every window block then reads and writes whole runs of C values (about 2x faster on NumPy)."""
-        return self.xp.permute_dims(a, (0, 2, 3, 1))
+        memory, so every window block then reads and writes whole runs of C values (about 2x faster on NumPy).
+
+        ``contiguous=True`` copies an ``a`` that is not channels-last in memory (a gradient from Flatten is
+        NCHW), through a reshape that copies only when it must: one copy instead of strided reads per block.
+        """
+        xp = self.xp
+        a = xp.permute_dims(a, (0, 2, 3, 1))
+        if contiguous:
+            n, h, w, c = a.shape
+            a = xp.reshape(xp.reshape(a, (n, h * w * c)), (n, h, w, c))
+        return a
+
+    def _gradient_buffer(self, shape: tuple[int, ...], dtype: Any, overlapping: bool) -> Any:
+        """dx to be filled window by window: zeros unless the windows tile the input exactly (no overlap and no
+        dropped edge), when every entry is written once and an uninitialized array saves a pass."""
+        covered = [o * s for o, s in zip(self.out, self.stride, strict=True)]
+        if overlapping or covered != [shape[1], shape[2]]:
+            return self.backend.zeros(shape, dtype=dtype)
+        return self.xp.empty(shape, dtype=dtype, device=self.backend.device)
 
     def _channels_first(self, a: Any) -> Any:
         return self.xp.permute_dims(a, (0, 3, 1, 2))
@@ -99,16 +116,26 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy: Any) -> Any:
         xp = self.xp
         x, y, self.x, self.y = self.x, self.y, None, None
-        dy = self._channels_last(dy)
-        dx = self.backend.zeros(tuple(x.shape), dtype=dy.dtype)
-        zeros = xp.zeros_like(dy)
-        # One-hot mask of the argmax: the first block (in row-major kernel order) that attains the max wins,
-        # as in PyTorch, so tied inputs never share the gradient.
-        unclaimed = xp.ones(tuple(y.shape), dtype=xp.bool, device=self.backend.device)
-        for index, block in self._windows(x, self.out):
-            winner = (block == y) & unclaimed
-            unclaimed = unclaimed ^ winner  # winner lies inside unclaimed: this clears it
-            dx[index] += xp.where(winner, dy, zeros)
+        dy = self._channels_last(dy, contiguous=True)
+        overlapping = any(k > s for k, s in zip(self.kernel_size, self.stride, strict=True))
+        dx = self._gradient_buffer(tuple(x.shape), dy.dtype, overlapping)
+        # The first block (in row-major kernel order) that attains the max takes the whole gradient, as in
+        # PyTorch, so tied inputs never share it: ``remaining`` is dy where no earlier block has won yet, else 0
+        # (exact: each entry of ``share`` is either that of ``remaining`` or 0). The last block takes what is
+        # left without comparing. A 0/1 mask times dy is several times faster than where() on NumPy.
+        windows = self._windows(x, self.out)
+        remaining = dy
+        for k, (index, block) in enumerate(windows):
+            if k == len(windows) - 1:
+                share = remaining
+            else:
+                share = xp.astype(block == y, dy.dtype)
+                share *= remaining
+                remaining = remaining - share
+            if overlapping:
+                dx[index] += share
+            else:
+                dx[index] = share
         return self._channels_first(dx)
 
 
@@ -137,8 +164,14 @@ class AvgPool2d(_Pool2d):
 
     def backward(self, dy: Any) -> Any:
         share = self._channels_last(dy) * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
-        dx = self.backend.zeros(self.input_shape, dtype=dy.dtype)
+        overlapping = any(k > s for k, s in zip(self.kernel_size, self.stride, strict=True))
+        dx = self._gradient_buffer(self.input_shape, dy.dtype, overlapping)
         for i in range(self.kernel_size[0]):
             for j in range(self.kernel_size[1]):
-                dx[:, window(i, self.out[0], self.stride[0]), window(j, self.out[1], self.stride[1]), :] += share
+                index = (slice(None), window(i, self.out[0], self.stride[0]), window(j, self.out[1], self.stride[1]),
+                         slice(None))
+                if overlapping:
+                    dx[index] += share
+                else:
+                    dx[index] = share
         return self._channels_first(dx)

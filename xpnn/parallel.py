@@ -1,0 +1,157 @@
+"""Data parallelism over threads in one process, for the NumPy backend.
+
+NumPy runs every element-wise operation, copy and reduction on one core; only its matrix products (BLAS)
+use several. A CNN step spends more than half its time outside the products, so ``workers=2`` on a
+two-core machine splits each batch into two contiguous shards and runs each forward and backward on its
+own replica of the model in its own thread (NumPy releases the GIL inside its loops), with BLAS held to
+one thread per call so that the threads do not fight over the cores. The replicas' gradients are then
+combined, weighted by shard size, into the model's own, and the optimizer steps once.
+
+The replicas share the model's parameter arrays (never copies), so every step sees the current weights.
+What changes with the number of workers, as with data parallelism over MPI (:mod:`xpnn.distributed`):
+
+- the gradient is the whole batch's up to rounding (the shards are summed in a different order);
+- dropout draws from one stream per worker;
+- BatchNorm normalizes each shard by its own statistics, and the model's running averages follow the
+  first shard (PyTorch's DistributedDataParallel without SyncBatchNorm does the same).
+
+So a run is reproducible for a given number of workers, and the CLI keeps ``--workers`` with the other
+settings of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import copy
+import types
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
+
+
+def check_workers(workers: Any, backend: Any, owner: str) -> int:
+    """``workers`` as a positive int, or a ValueError naming ``owner`` and the fix."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
+    if workers > 1 and not backend.single_threaded:
+        raise ValueError(f"{owner}: workers={workers} splits batches over threads, which pays only on the NumPy "
+                         f"backend; {backend.name} already uses every core in each operation: use workers=1")
+    return workers
+
+
+def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` non-empty contiguous (start, stop) ranges covering ``range(n)``, sizes within one."""
+    parts = min(parts, n)
+    return [(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
+
+
+class ThreadWorkers:
+    """Runs each training step of ``model`` over ``workers`` threads (see the module docstring).
+
+    Parameters
+    ----------
+    model : Sequential
+        The model being trained; its own gradients receive the combined result.
+    workers : int
+        Threads per step, the calling thread included (>= 2).
+    """
+
+    def __init__(self, model: Any, workers: int):
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            raise ImportError(f"workers={workers} needs threadpoolctl to hold BLAS to one thread per worker: "
+                              "pip install threadpoolctl (or pip install 'xpnn[threads]')") from None
+        self.model, self.workers = model, workers
+        self._blas = ThreadpoolController()
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="xpnn-worker")
+        self.replicas: list[Any] = []
+
+    @contextlib.contextmanager
+    def epoch(self, *entropy: int) -> Iterator[None]:
+        """Fresh replicas of the model as it is now, dropout reseeded per worker; BLAS on one thread inside."""
+        self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
+        for worker, model in enumerate([self.model, *self.replicas]):
+            model.reseed(*entropy, worker)
+        try:
+            with self._blas.limit(limits=1, user_api="blas"):
+                yield
+        finally:
+            self.replicas = []
+
+    def step(self, x: Any, targets: Any, labels: Any, count_correct: Any) -> tuple[Any, Any]:
+        """Forward and backward of one batch over the workers; returns (mean loss, correct count or None).
+
+        ``count_correct(loss_fn, logits, truth)`` counts one shard's hits (None for a regression); ``labels``
+        are compared where given, else ``targets``.
+        """
+        n = x.shape[0]
+        bounds = shard_bounds(n, self.workers)
+        models = [self.model, *self.replicas][: len(bounds)]
+
+        def run(model: Any, lo: int, hi: int) -> tuple[Any, Any]:
+            logits = model.predict(x[lo:hi, ...], train=True)
+            loss = model.loss_fn(logits, targets[lo:hi, ...])
+            model.backward()
+            return loss, count_correct(model.loss_fn, logits, (targets if labels is None else labels)[lo:hi, ...])
+
+        # Each worker runs in a copy of this thread's context, so that np.errstate (a context variable) holds
+        # there too: fit() reports overflow once, as divergence, not as warnings from every thread.
+        futures = [self._pool.submit(contextvars.copy_context().run, run, model, lo, hi)
+                   for model, (lo, hi) in zip(models[1:], bounds[1:], strict=True)]
+        try:
+            results = [run(models[0], *bounds[0])]
+        finally:  # never leave a worker running into the next step, even when this thread failed
+            concurrent.futures.wait(futures)
+        results += [future.result() for future in futures]
+        weights = [(hi - lo) / n for lo, hi in bounds]
+        self._combine(models, weights)
+        loss = sum(w * result[0] for w, result in zip(weights, results, strict=True))
+        hits = [result[1] for result in results]
+        return loss, None if hits[0] is None else sum(hits[1:], hits[0])
+
+    @staticmethod
+    def _combine(models: list[Any], weights: list[float]) -> None:
+        """The model's gradient := Σ weight × each worker's mean gradient (the mean over the whole batch)."""
+        if len(models) == 1:
+            return
+        for layers in zip(*(model.layers for model in models), strict=True):
+            first = layers[0]
+            if not (first.trainable and first.params):
+                continue
+            for key in first.params:
+                total = weights[0] * first.grads[key]
+                for weight, layer in zip(weights[1:], layers[1:], strict=True):
+                    total = total + weight * layer.grads[key]
+                first.grads[key] = total
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=True)
+
+
+def replica(model: Any) -> Any:
+    """A copy of ``model`` that shares its parameter dicts (so it always sees the current weights), with
+    gradients of its own and buffers it may rebind without touching the model's.
+
+    Arrays held by the layers (parameters, caches of the last pass) are shared, not copied: layers only
+    ever rebind them. Backends, array namespaces and random generators' owners are shared too.
+    """
+    be = model.backend
+    memo: dict[int, Any] = {id(be): be, id(be.xp): be.xp}
+    for owner in [*model.layers, model.loss_fn]:
+        values = list(vars(owner).values())
+        for store in ("params", "grads", "buffers"):
+            values += list(getattr(owner, store, {}).values())
+        for value in values:
+            if (hasattr(value, "shape") and hasattr(value, "dtype")) or isinstance(value, types.ModuleType):
+                memo[id(value)] = value
+    twin = copy.deepcopy(model, memo)
+    for mine, theirs in zip(twin.layers, model.layers, strict=True):
+        mine.params = theirs.params
+        mine.grads = {key: be.xp.zeros_like(value) for key, value in theirs.params.items()}
+        mine.buffers = dict(theirs.buffers)
+    return twin
