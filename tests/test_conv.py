@@ -24,6 +24,9 @@ CONVS = {
     "2x3-s(2,1)-p(1,0)": (2, 2, (2, 3), (2, 1), (1, 0), 5, 4),
     "1x1": (4, 3, 1, 1, 0, 3, 2),
     "kernel-fills-input": (1, 2, (4, 3), 1, 0, 4, 3),
+    "5x5-s1-p2": (2, 2, 5, 1, 2, 6, 5),  # the centre offset covers dx: it starts dx instead of zeros
+    "1x1-s2-p1": (2, 3, 1, 2, 1, 5, 4),  # padding > kernel - 1: some offsets read only padding
+    "2x2-s3-p1": (2, 2, 2, 3, 1, 7, 8),  # stride > kernel: inputs no window reads get zero gradient
 }
 # (kernel, stride, input H, W): stride defaulting to the kernel, overlapping windows, odd sizes with dropped edges.
 POOLS = {

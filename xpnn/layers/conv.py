@@ -9,7 +9,7 @@ import numpy as np
 from ..initializers import get_initializer
 from .base import Layer
 
-__all__ = ["Conv2d", "fold", "output_size", "pair", "unfold"]
+__all__ = ["Conv2d", "output_size", "pair", "unfold"]
 
 
 def pair(value: Any, name: str, owner: str, minimum: int = 1) -> tuple[int, int]:
@@ -59,30 +59,14 @@ def unfold(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int], ou
     return xp.reshape(xp.stack(patches, axis=3), (n * out[0] * out[1], kernel[0] * kernel[1] * c))
 
 
-def fold(backend: Any, cols: Any, shape: tuple[int, int, int, int], kernel: tuple[int, int],
-         stride: tuple[int, int], out: tuple[int, int]) -> Any:
-    """col2im, the adjoint of :func:`unfold`: add every patch column back where it was taken from.
-
-    Parameters
-    ----------
-    cols : array (N·oh·ow, kh·kw·C)
-    shape : (N, H, W, C)
-        The padded channels-last input that :func:`unfold` saw.
-
-    Returns
-    -------
-    array (N, H, W, C)
-    """
-    xp = backend.xp
-    n, _, _, c = shape
-    blocks = xp.reshape(cols, (n, out[0], out[1], kernel[0] * kernel[1], c))
-    x = backend.zeros(shape, dtype=cols.dtype)
-    # Positions within one slice are distinct, so each += is a plain slice update; overlapping windows
-    # (stride < kernel) are summed across the kh·kw updates.
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            x[:, window(i, out[0], stride[0]), window(j, out[1], stride[1]), :] += blocks[:, :, :, i * kernel[1] + j, :]
-    return x
+def _reach(offset: int, padding: int, stride: int, out: int, size: int) -> tuple[int, int, int] | None:
+    """Along one axis, the outputs ``p0 <= p < p1`` whose kernel offset ``offset`` reads a real input row (not
+    padding), and the first such row ``p0·stride + offset - padding``; None if every read lands in the padding."""
+    p0 = max(0, -((offset - padding) // stride))  # smallest p with p·stride + offset - padding >= 0
+    p1 = min(out, (size - 1 - offset + padding) // stride + 1)  # past the largest p with a row < size
+    if p1 <= p0:
+        return None
+    return p0, p1, p0 * stride + offset - padding
 
 
 class Conv2d(Layer):
@@ -126,7 +110,6 @@ class Conv2d(Layer):
         self._initializer = get_initializer(init)
         self.cols: Any = None
         self.W_matrix: Any = None
-        self.padded_shape: tuple[int, int, int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self._ones_cache: Any = None
 
@@ -194,7 +177,7 @@ class Conv2d(Layer):
         if self.cols is None:
             self.cols = unfold(xp, x, self.kernel_size, self.stride, (oh, ow))
         self.W_matrix = xp.reshape(xp.permute_dims(W, (2, 3, 1, 0)), (kh * kw * c, self.out_channels))
-        self.padded_shape, self.input_size = tuple(x.shape), (h, w)
+        self.input_size = (h, w)
         y = self.cols @ self.W_matrix
         if self.bias:
             y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
@@ -202,14 +185,33 @@ class Conv2d(Layer):
 
     def backward(self, dy: Any) -> Any:
         xp = self.xp
-        oh, ow = dy.shape[2:]
-        dy_rows = self._dy_rows(dy)
-        W_matrix, padded_shape = self.W_matrix, self.padded_shape
+        dy_rows, W_matrix = self._dy_rows(dy), self.W_matrix
         self._grads(dy_rows)
-        dcols = dy_rows @ xp.matrix_transpose(W_matrix)
-        dx = fold(self.backend, dcols, padded_shape, self.kernel_size, self.stride, (oh, ow))
-        (h, w), (ph, pw) = self.input_size, self.padding
-        return xp.permute_dims(dx[:, ph : ph + h, pw : pw + w, :], (0, 3, 1, 2))
+        n, _, oh, ow = dy.shape
+        (h, w), c, (kh, kw) = self.input_size, self.in_channels, self.kernel_size
+        # col2im, the adjoint of unfold: the columns of kernel offset (i, j) are the gradient of the
+        # (N, oh, ow, C) block that offset read, added back where it was read, straight into the unpadded dx.
+        blocks = xp.reshape(dy_rows @ xp.matrix_transpose(W_matrix), (n, oh, ow, kh * kw, c))
+        pieces = []
+        for i in range(kh):
+            rows = _reach(i, self.padding[0], self.stride[0], oh, h)
+            for j in range(kw):
+                cols = _reach(j, self.padding[1], self.stride[1], ow, w)
+                if rows is not None and cols is not None:
+                    pieces.append((i * kw + j, rows, cols))
+        # An offset whose block covers dx exactly (stride 1, "same" padding: the centre) starts it as a copy,
+        # which saves filling zeros and one pass of additions.
+        whole = [p for p in pieces if p[1] == (0, oh, 0) and p[2] == (0, ow, 0) and (oh, ow) == (h, w)]
+        if whole and self.stride == (1, 1):
+            pieces.remove(whole[0])
+            dx = xp.asarray(blocks[:, :, :, whole[0][0], :], copy=True)
+        else:
+            dx = self.backend.zeros((n, h, w, c), dtype=dy.dtype)
+        for k, (p0, p1, r0), (q0, q1, s0) in pieces:
+            target = (slice(None), window(r0, p1 - p0, self.stride[0]), window(s0, q1 - q0, self.stride[1]),
+                      slice(None))
+            dx[target] += blocks[:, p0:p1, q0:q1, k, :]
+        return xp.permute_dims(dx, (0, 3, 1, 2))
 
     def backward_params(self, dy: Any) -> None:
         self._grads(self._dy_rows(dy))
