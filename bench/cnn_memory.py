@@ -2,8 +2,9 @@
 
     python bench/cnn_memory.py IMPLEMENTATION BACKEND BATCH SAMPLES
 
-Prints one JSON object, measured as bench/memory.py measures the MLP: the rise of the peak resident set
-size on the CPU, the peak of the library's allocator on a GPU, beyond the data and the model.
+Prints one JSON object: on the CPU, the peak resident set size over a warm-up and a measured epoch above
+what the data and the model held before them (bench/memory.py, ``from_start``); on a GPU, the peak of the
+library's allocator during the measured epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def measure(implementation: str, backend: str, batch: int, samples: int) -> dict
     x, y, source = load_data(samples)
     epoch = make_cnn_epoch(implementation, backend, x, y, batch)
     return {"implementation": implementation, "backend": backend, "batch": batch, "samples": samples,
-            "peak_mb": peak_bytes(epoch, backend) / 1e6,
+            "peak_mb": peak_bytes(epoch, backend, from_start=True) / 1e6,
             "kind": "device" if backend in ("cupy", "torch-cuda") else "host", "data": source}
 
 

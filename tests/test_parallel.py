@@ -85,6 +85,24 @@ def test_epoch_sums_match_one_worker():
     assert sums[2]["n"] == sums[1]["n"] == 33
 
 
+def test_evaluation_over_workers_matches_one_worker():
+    """Trainer.evaluate splits each evaluation batch too; BatchNorm then uses the model's running averages."""
+    be = xpnn.get_backend("cpu", "float64")
+    x, y = images(30)
+    results = {}
+    for w in (1, 3):
+        model = xpnn.cnn((1, 3, 4), (6, 3), image_size=8, dropout=0.0, batchnorm=True, backend=be, seed=3)
+        trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=30, seed=0, workers=w,
+                          eval_batch_size=7)
+        data = trainer.device_data(x, y)
+        for layer in model.layers:  # running averages far from a fresh replica's, so stale ones would show
+            for key in layer.buffers:
+                layer.buffers[key] = layer.buffers[key] + 0.5
+        results[w] = trainer.evaluate(data)
+    assert float(results[3][0]) == pytest.approx(float(results[1][0]), rel=1e-12)
+    assert int(results[3][1]) == int(results[1][1])
+
+
 def test_mlp_regression_with_workers():
     be = xpnn.get_backend("cpu", "float64")
     rng = np.random.default_rng(1)

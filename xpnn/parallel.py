@@ -76,11 +76,16 @@ class ThreadWorkers:
         self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
         for worker, model in enumerate([self.model, *self.replicas]):
             model.reseed(*entropy, worker)
-        try:
-            with self._blas.limit(limits=1, user_api="blas"):
-                yield
-        finally:
-            self.replicas = []
+        with self._blas.limit(limits=1, user_api="blas"):
+            yield
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Fresh replicas, which see the model's current buffers (BatchNorm's running averages); BLAS on one
+        thread inside."""
+        self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
+        with self._blas.limit(limits=1, user_api="blas"):
+            yield
 
     def step(self, x: Any, targets: Any, labels: Any, count_correct: Any) -> tuple[Any, Any]:
         """Forward and backward of one batch over the workers; returns (mean loss, correct count or None).
@@ -88,16 +93,36 @@ class ThreadWorkers:
         ``count_correct(loss_fn, logits, truth)`` counts one shard's hits (None for a regression); ``labels``
         are compared where given, else ``targets``.
         """
-        n = x.shape[0]
-        bounds = shard_bounds(n, self.workers)
-        models = [self.model, *self.replicas][: len(bounds)]
+        truth = targets if labels is None else labels
 
         def run(model: Any, lo: int, hi: int) -> tuple[Any, Any]:
             logits = model.predict(x[lo:hi, ...], train=True)
             loss = model.loss_fn(logits, targets[lo:hi, ...])
             model.backward()
-            return loss, count_correct(model.loss_fn, logits, (targets if labels is None else labels)[lo:hi, ...])
+            return loss, count_correct(model.loss_fn, logits, truth[lo:hi, ...])
 
+        n = x.shape[0]
+        bounds, models, results = self._map(run, n)
+        weights = [(hi - lo) / n for lo, hi in bounds]
+        self._combine(models, weights)
+        return sum(w * loss for w, (loss, _) in zip(weights, results, strict=True)), _total_hits(results)
+
+    def evaluate(self, x: Any, targets: Any, labels: Any, count_correct: Any) -> tuple[Any, Any]:
+        """Inference on one batch over the workers (inside :meth:`evaluation`): (Σ loss × samples, correct)."""
+        truth = targets if labels is None else labels
+
+        def run(model: Any, lo: int, hi: int) -> tuple[Any, Any]:
+            logits = model.predict(x[lo:hi, ...])
+            return model.loss_fn(logits, targets[lo:hi, ...]) * (hi - lo), count_correct(
+                model.loss_fn, logits, truth[lo:hi, ...])
+
+        _, _, results = self._map(run, x.shape[0])
+        return sum(loss for loss, _ in results), _total_hits(results)
+
+    def _map(self, run: Any, n: int) -> tuple[list[tuple[int, int]], list[Any], list[Any]]:
+        """``run(model, lo, hi)`` for each shard of ``range(n)``, the first in this thread, the rest in workers."""
+        bounds = shard_bounds(n, self.workers)
+        models = [self.model, *self.replicas][: len(bounds)]
         # Each worker runs in a copy of this thread's context, so that np.errstate (a context variable) holds
         # there too: fit() reports overflow once, as divergence, not as warnings from every thread.
         futures = [self._pool.submit(contextvars.copy_context().run, run, model, lo, hi)
@@ -106,12 +131,7 @@ class ThreadWorkers:
             results = [run(models[0], *bounds[0])]
         finally:  # never leave a worker running into the next step, even when this thread failed
             concurrent.futures.wait(futures)
-        results += [future.result() for future in futures]
-        weights = [(hi - lo) / n for lo, hi in bounds]
-        self._combine(models, weights)
-        loss = sum(w * result[0] for w, result in zip(weights, results, strict=True))
-        hits = [result[1] for result in results]
-        return loss, None if hits[0] is None else sum(hits[1:], hits[0])
+        return bounds, models, results + [future.result() for future in futures]
 
     @staticmethod
     def _combine(models: list[Any], weights: list[float]) -> None:
@@ -131,6 +151,11 @@ class ThreadWorkers:
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=True)
+
+
+def _total_hits(results: list[tuple[Any, Any]]) -> Any:
+    hits = [hit for _, hit in results]
+    return None if hits[0] is None else sum(hits[1:], hits[0])
 
 
 def replica(model: Any) -> Any:

@@ -280,12 +280,18 @@ class Trainer:
         total = self.model.backend.zeros(())
         correct = None
         checking, model.check_values = model.check_values, False
-        with _restore_checks(model, checking):
+        with _restore_checks(model, checking), \
+                self.parallel.evaluation() if self.parallel else contextlib.nullcontext():
             for start in range(lo, hi, self.eval_batch_size):
                 part = data.rows(start, min(start + self.eval_batch_size, hi))
-                logits = model.predict(part.x)
-                total = total + model.loss_fn(logits, part.targets) * part.n
-                hit = metrics.count_correct(model.loss_fn, logits, part.targets if part.labels is None else part.labels)
+                if self.parallel is not None:
+                    loss_sum, hit = self.parallel.evaluate(part.x, part.targets, part.labels, metrics.count_correct)
+                else:
+                    logits = model.predict(part.x)
+                    loss_sum = model.loss_fn(logits, part.targets) * part.n
+                    truth = part.targets if part.labels is None else part.labels
+                    hit = metrics.count_correct(model.loss_fn, logits, truth)
+                total = total + loss_sum
                 if hit is not None:
                     correct = hit if correct is None else correct + hit
         if correct is None and metrics.has_accuracy(model.loss_fn):
