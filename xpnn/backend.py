@@ -195,9 +195,10 @@ class Backend:
         """im2col of a channels-last ``x`` (N, H, W, C) through strided views, where the library has them (NumPy).
 
         Returns the (N·oh·ow, kh·kw·C) matrix of :func:`xpnn.layers.conv.unfold`, bit for bit (both only copy),
-        in one strided copy instead of kh·kw; None on other libraries, which then use that generic reference.
+        in one strided copy instead of kh·kw; None on other libraries, which then use that generic reference,
+        and for a single channel, where the kh·kw slice copies are about 1.7x faster than the strided one.
         """
-        if self._library != "numpy":
+        if self._library != "numpy" or x.shape[3] == 1:
             return None
         n, c = x.shape[0], x.shape[3]
         windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(1, 2))  # (N, H', W', C, kh, kw)
