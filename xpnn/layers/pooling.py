@@ -66,13 +66,24 @@ class _Pool2d(Layer):
             a = xp.reshape(xp.reshape(a, (n, h * w * c)), (n, h, w, c))
         return a
 
-    def _gradient_buffer(self, shape: tuple[int, ...], dtype: Any, overlapping: bool) -> Any:
+    @property
+    def _overlapping(self) -> bool:
+        return any(k > s for k, s in zip(self.kernel_size, self.stride, strict=True))
+
+    def _gradient_buffer(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """dx to be filled window by window: zeros unless the windows tile the input exactly (no overlap and no
         dropped edge), when every entry is written once and an uninitialized array saves a pass."""
         covered = [o * s for o, s in zip(self.out, self.stride, strict=True)]
-        if overlapping or covered != [shape[1], shape[2]]:
+        if self._overlapping or covered != [shape[1], shape[2]]:
             return self.backend.zeros(shape, dtype=dtype)
         return self.xp.empty(shape, dtype=dtype, device=self.backend.device)
+
+    def _put(self, dx: Any, index: tuple[slice, ...], share: Any) -> None:
+        """One kernel offset's share of dx: added where windows overlap, else written (each entry once)."""
+        if self._overlapping:
+            dx[index] += share
+        else:
+            dx[index] = share
 
     def _channels_first(self, a: Any) -> Any:
         return self.xp.permute_dims(a, (0, 3, 1, 2))
@@ -117,8 +128,7 @@ class MaxPool2d(_Pool2d):
         xp = self.xp
         x, y, self.x, self.y = self.x, self.y, None, None
         dy = self._channels_last(dy, contiguous=True)
-        overlapping = any(k > s for k, s in zip(self.kernel_size, self.stride, strict=True))
-        dx = self._gradient_buffer(tuple(x.shape), dy.dtype, overlapping)
+        dx = self._gradient_buffer(tuple(x.shape), dy.dtype)
         # The first block (in row-major kernel order) that attains the max takes the whole gradient, as in
         # PyTorch, so tied inputs never share it: ``remaining`` is dy where no earlier block has won yet, else 0
         # (exact: each entry of ``share`` is either that of ``remaining`` or 0). The last block takes what is
@@ -132,10 +142,7 @@ class MaxPool2d(_Pool2d):
                 share = xp.astype(block == y, dy.dtype)
                 share *= remaining
                 remaining = remaining - share
-            if overlapping:
-                dx[index] += share
-            else:
-                dx[index] = share
+            self._put(dx, index, share)
         return self._channels_first(dx)
 
 
@@ -164,14 +171,10 @@ class AvgPool2d(_Pool2d):
 
     def backward(self, dy: Any) -> Any:
         share = self._channels_last(dy) * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
-        overlapping = any(k > s for k, s in zip(self.kernel_size, self.stride, strict=True))
-        dx = self._gradient_buffer(self.input_shape, dy.dtype, overlapping)
+        dx = self._gradient_buffer(self.input_shape, dy.dtype)
         for i in range(self.kernel_size[0]):
             for j in range(self.kernel_size[1]):
                 index = (slice(None), window(i, self.out[0], self.stride[0]), window(j, self.out[1], self.stride[1]),
                          slice(None))
-                if overlapping:
-                    dx[index] += share
-                else:
-                    dx[index] = share
+                self._put(dx, index, share)
         return self._channels_first(dx)
