@@ -205,6 +205,11 @@ def test_bad_workers_are_refused(workers):
         Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=workers)
 
 
+def test_numpy_integer_workers_are_taken():
+    model = small_cnn(xpnn.get_backend("cpu"))
+    assert Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=np.int64(2)).workers == 2
+
+
 def test_workers_on_a_library_that_parallelizes_itself_are_refused():
     pytest.importorskip("torch")
     model = small_cnn(xpnn.get_backend("torch"))

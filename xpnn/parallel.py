@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import copy
+import numbers
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -34,8 +35,9 @@ __all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
 
 def check_workers(workers: Any, backend: Any, owner: str) -> int:
     """``workers`` as a positive int, or a ValueError naming ``owner`` and the fix."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
+    workers = int(workers)
     if workers > 1 and not backend.single_threaded:
         raise ValueError(f"{owner}: workers={workers} splits batches over threads, which pays only on the NumPy "
                          f"backend; {backend.name} already uses every core in each operation: use workers=1")
@@ -76,16 +78,22 @@ class ThreadWorkers:
         self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
         for worker, model in enumerate([self.model, *self.replicas]):
             model.reseed(*entropy, worker)
-        with self._blas.limit(limits=1, user_api="blas"):
-            yield
+        try:
+            with self._blas.limit(limits=1, user_api="blas"):
+                yield
+        finally:
+            self.replicas = []  # their caches (the last shard's patches, masks) go with them
 
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
         """Fresh replicas, which see the model's current buffers (BatchNorm's running averages); BLAS on one
         thread inside."""
         self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
-        with self._blas.limit(limits=1, user_api="blas"):
-            yield
+        try:
+            with self._blas.limit(limits=1, user_api="blas"):
+                yield
+        finally:
+            self.replicas = []
 
     def step(self, x: Any, targets: Any, labels: Any, count_correct: Any) -> tuple[Any, Any]:
         """Forward and backward of one batch over the workers; returns (mean loss, correct count or None).
