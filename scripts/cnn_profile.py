@@ -47,8 +47,10 @@ def main() -> None:
                 return function(self, *a, **k)
             finally:
                 name = threading.current_thread().name
-                column = threads.setdefault(name, "main" if name == "MainThread" else f"worker {len(threads)}")
-                spent[(self._profile_name, method, column)] += time.perf_counter() - start
+                if name not in threads:
+                    others = sum(column != "main" for column in threads.values())
+                    threads[name] = "main" if name == "MainThread" else f"worker {others + 1}"
+                spent[(self._profile_name, method, threads[name])] += time.perf_counter() - start
         return run
 
     trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=0.01), batch_size=batch, seed=0,
