@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
     add("--workers", type=_positive_int, default=1, metavar="N",
         help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
-             "2 on a two-core machine trains the CNN about 1.8x faster (default: 1)")
+             "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
         help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
              "(no dropout, no batchnorm, one process) (default: auto)")

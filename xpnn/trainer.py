@@ -97,7 +97,7 @@ class Trainer:
         safe (torch on CUDA, no dropout, no buffers, one process), ``on`` raises where it is not. Same results.
     workers : int
         Threads that share each batch on the NumPy backend (:mod:`xpnn.parallel`): 2 on a two-core machine
-        trains a CNN about 1.8x faster. The gradient is the same up to rounding; dropout streams and
+        trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
         BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value.
 
     Attributes
