@@ -45,8 +45,12 @@ def check_workers(workers: Any, backend: Any, owner: str) -> int:
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    """Up to ``parts`` non-empty contiguous (start, stop) ranges covering ``range(n)``, sizes within one."""
-    parts = min(parts, n)
+    """Up to ``parts`` contiguous (start, stop) ranges covering ``range(n)``, sizes within one of each other.
+
+    No shard holds a single sample unless the batch does: BatchNorm cannot train on one sample, and a
+    batch of 2 that trains with one worker must train with several.
+    """
+    parts = max(1, min(parts, n // 2))
     return [(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
 
 
@@ -167,24 +171,52 @@ def _total_hits(results: list[tuple[Any, Any]]) -> Any:
 
 
 def replica(model: Any) -> Any:
-    """A copy of ``model`` that shares its parameter dicts (so it always sees the current weights), with
-    gradients of its own and buffers it may rebind without touching the model's.
+    """A deep copy of ``model`` whose layers share the model's ``params`` dicts (the same dict objects, so
+    every step sees the current weights, however the optimizer rebinds them), nested layers included.
 
-    Arrays held by the layers (parameters, caches of the last pass) are shared, not copied: layers only
-    ever rebind them. Backends, array namespaces and random generators' owners are shared too.
+    Everything else is the copy's own: gradients, buffers (updated in place or rebound, they never touch
+    the model's), and any array a layer keeps, so a layer may write into its own scratch arrays. Backends
+    and array namespaces are shared.
+
+    Raises
+    ------
+    TypeError
+        Naming the layer that cannot be deep-copied (one holding a lock or an open file, say).
     """
     be = model.backend
     memo: dict[int, Any] = {id(be): be, id(be.xp): be.xp}
-    for owner in [*model.layers, model.loss_fn]:
-        values = list(vars(owner).values())
-        for store in ("params", "grads", "buffers"):
-            values += list(getattr(owner, store, {}).values())
-        for value in values:
-            if (hasattr(value, "shape") and hasattr(value, "dtype")) or isinstance(value, types.ModuleType):
-                memo[id(value)] = value
-    twin = copy.deepcopy(model, memo)
-    for mine, theirs in zip(twin.layers, model.layers, strict=True):
-        mine.params = theirs.params
-        mine.grads = {key: be.xp.zeros_like(value) for key, value in theirs.params.items()}
-        mine.buffers = dict(theirs.buffers)
-    return twin
+    for layer in _layers([*model.layers, model.loss_fn]):
+        memo[id(layer.params)] = layer.params
+        memo.update({id(v): v for v in vars(layer).values() if isinstance(v, types.ModuleType)})
+    shared = dict(memo)  # deepcopy fills memo as it goes, failed copies included
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as error:  # deepcopy raises whatever the object's reducer raises
+        for index, layer in enumerate(model.layers):
+            try:
+                copy.deepcopy(layer, dict(shared))
+            except Exception:
+                raise TypeError(f"workers > 1 copies the model for each worker thread, but layer {index} "
+                                f"({layer!r}) cannot be copied: {error}; give it a __deepcopy__ or use "
+                                "workers=1") from None
+        raise TypeError(f"workers > 1 copies the model for each worker thread, but it cannot be copied: {error}; "
+                        "use workers=1") from None
+
+
+def _layers(roots: list[Any]) -> list[Any]:
+    """Every object with a ``params`` dict reachable from ``roots`` through attributes, lists, tuples and
+    dicts: the layers, and layers nested inside composite ones."""
+    found: dict[int, Any] = {}
+    stack = list(roots)
+    while stack:
+        item = stack.pop()
+        if id(item) in found or isinstance(item, str | bytes | int | float | types.ModuleType):
+            continue
+        if isinstance(item, list | tuple | set):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(getattr(item, "params", None), dict) and hasattr(item, "__dict__"):
+            found[id(item)] = item
+            stack.extend(v for k, v in vars(item).items() if k not in ("params", "grads", "buffers", "backend"))
+    return list(found.values())

@@ -117,9 +117,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Settings saved in a checkpoint: a resumed run takes them from the checkpoint when the flag is not given,
 # and refuses a different value, which would make the resumed run differ from an uninterrupted one.
-# --epochs may change (with a warning); --device may change (results then agree to float rounding).
+# --epochs and --workers may change (with a warning); --device may change (results then agree to float rounding).
 EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
-                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout", "workers")
+                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +208,13 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     if args.model == "cnn" and "hidden" in given:
         raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
                          "drop --hidden or use --model mlp")
+    if saved is not None and "workers" in saved:  # like --device, a machine's setting: may change, with a warning
+        if "workers" not in given:
+            args.workers = saved["workers"]
+        elif args.workers != saved["workers"]:
+            warnings.append(f"--workers {args.workers} differs from the checkpoint's {saved['workers']}: from here "
+                            "dropout draws other streams (and BatchNorm other shard statistics), so the resumed run "
+                            "differs from an uninterrupted one")
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -327,7 +334,7 @@ class Run:
                                    schedule=get_schedule(args.schedule, args.epochs), seed=args.seed,
                                    comm=self.comm, cuda_graphs=args.cuda_graphs, workers=args.workers)
         except (ValueError, ImportError) as error:
-            message = str(error).replace("Trainer: workers", "--workers").replace("use workers=1", "use --workers 1")
+            message = str(error).replace("Trainer: workers=", "--workers ").replace("use workers=1", "use --workers 1")
             raise UsageError(message) from None
         self.start_epoch = 0
         self.saved_epoch: int | None = None
@@ -352,7 +359,7 @@ class Run:
         return x if self.image_shape is None else x.reshape(x.shape[0], *self.image_shape)
 
     def settings(self) -> dict[str, Any]:
-        keys = ("epochs", *EXACT_SETTINGS)
+        keys = ("epochs", "workers", *EXACT_SETTINGS)
         return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint}
 
     def resume(self, path: str) -> None:
