@@ -35,6 +35,7 @@ POOLS = {
     "3-s2-overlap": (3, 2, 7, 6),
     "(2,3)-s(1,2)": ((2, 3), (1, 2), 5, 7),
     "3-s1": (3, 1, 4, 5),
+    "2-s3-gaps": (2, 3, 6, 6),  # stride > kernel: inputs between windows get zero gradient, not garbage
 }
 
 
@@ -55,6 +56,16 @@ def test_conv2d_backward_matches_numerical(backend64, rng, name):
     conv.build(backend64, rng=3)
     errors = gradcheck(conv, backend64.asarray(rng.standard_normal(shape)))
     assert set(errors) == {"W", "b", "input"}
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_conv2d_backward_after_an_evaluation_forward(backend64, rng):
+    """Evaluation keeps only the padded input, not the patches; a backward after it unfolds them again."""
+    conv, shape = make_conv("3x3-s1-p1")
+    conv.build(backend64, rng=3)
+    conv.forward(backend64.asarray(rng.standard_normal((4, *shape[1:]))), train=False)
+    assert conv.cols is None and conv.padded is not None
+    errors = gradcheck(conv, backend64.asarray(rng.standard_normal(shape)), train=False)
     assert max(errors.values()) < TOLERANCE, errors
 
 

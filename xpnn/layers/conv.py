@@ -110,6 +110,8 @@ class Conv2d(Layer):
         self._initializer = get_initializer(init)
         self.cols: Any = None
         self.W_matrix: Any = None
+        self.padded: Any = None
+        self.out_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self._ones_cache: Any = None
 
@@ -166,22 +168,28 @@ class Conv2d(Layer):
             raise TypeError(f"{self!r}: expected {W.dtype} input, got {x.dtype}; convert it with backend.asarray(x)")
         n, c, h, w = x.shape
         ph, pw = self.padding
-        self.cols = None  # free the last batch's patches before unfolding this one (evaluation never calls backward)
+        self.cols = self.padded = None  # free the last batch's patches before unfolding this one
         x = xp.permute_dims(x, (0, 2, 3, 1))  # channels-last: each patch row is contiguous runs of C
         if ph or pw:
             padded = self.backend.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
             padded[:, ph : ph + h, pw : pw + w, :] = x
             x = padded
         kh, kw = self.kernel_size
-        self.cols = self.backend.unfold_fast(x, self.kernel_size, self.stride, (oh, ow))
-        if self.cols is None:
-            self.cols = unfold(xp, x, self.kernel_size, self.stride, (oh, ow))
+        cols = self._unfold(x, (oh, ow))
+        # Training keeps the patches for backward; evaluation keeps only the (padded) input, from which a
+        # backward after it (a gradient check in evaluation mode) unfolds them again, so that evaluating
+        # large batches does not leave the largest array of the network behind.
+        self.cols, self.padded = (cols, None) if train else (None, x)
         self.W_matrix = xp.reshape(xp.permute_dims(W, (2, 3, 1, 0)), (kh * kw * c, self.out_channels))
-        self.input_size = (h, w)
-        y = self.cols @ self.W_matrix
+        self.input_size, self.out_size = (h, w), (oh, ow)
+        y = cols @ self.W_matrix
         if self.bias:
             y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
         return xp.permute_dims(xp.reshape(y, (n, oh, ow, self.out_channels)), (0, 3, 1, 2))
+
+    def _unfold(self, x: Any, out: tuple[int, int]) -> Any:
+        cols = self.backend.unfold_fast(x, self.kernel_size, self.stride, out)
+        return unfold(self.xp, x, self.kernel_size, self.stride, out) if cols is None else cols
 
     def backward(self, dy: Any) -> Any:
         xp = self.xp
@@ -223,7 +231,8 @@ class Conv2d(Layer):
 
     def _grads(self, dy_rows: Any) -> None:
         xp = self.xp
-        cols, self.cols, self.W_matrix = self.cols, None, None  # backward runs once per forward
+        cols = self.cols if self.cols is not None else self._unfold(self.padded, self.out_size)
+        self.cols = self.padded = self.W_matrix = None  # backward runs once per forward
         kh, kw = self.kernel_size
         dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),

@@ -71,10 +71,10 @@ class _Pool2d(Layer):
         return any(k > s for k, s in zip(self.kernel_size, self.stride, strict=True))
 
     def _gradient_buffer(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        """dx to be filled window by window: zeros unless the windows tile the input exactly (no overlap and no
-        dropped edge), when every entry is written once and an uninitialized array saves a pass."""
+        """dx to be filled window by window: zeros unless the windows tile the input exactly (kernel = stride,
+        no dropped edge), when every entry is written once and an uninitialized array saves a pass."""
         covered = [o * s for o, s in zip(self.out, self.stride, strict=True)]
-        if self._overlapping or covered != [shape[1], shape[2]]:
+        if self.kernel_size != self.stride or covered != [shape[1], shape[2]]:
             return self.backend.zeros(shape, dtype=dtype)
         return self.xp.empty(shape, dtype=dtype, device=self.backend.device)
 
