@@ -215,7 +215,7 @@ def test_numpy_integer_workers_are_taken():
 def test_workers_on_a_library_that_parallelizes_itself_are_refused():
     pytest.importorskip("torch")
     model = small_cnn(xpnn.get_backend("torch"))
-    with pytest.raises(ValueError, match="pays only on the NumPy backend"):
+    with pytest.raises(ValueError, match="pays only on NumPy"):
         Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=2)
 
 
@@ -248,6 +248,28 @@ def test_cli_bad_workers(tiny_idx, args, message):
     assert result.returncode == 2
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(message)  # argparse's usage, then one error line
+
+
+def test_missing_threadpoolctl_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "threadpoolctl" else real(name, *a))
+    model = small_cnn(xpnn.get_backend("cpu"))
+    with pytest.raises(ImportError, match=r"Trainer: workers=2 needs threadpoolctl.*xpnn\[threads\].*workers=1"):
+        Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=2)
+    assert Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=1).parallel is None
+
+
+def test_cli_checks_workers_before_loading_data(tmp_path):
+    """--device torch --workers 2 fails at once, naming the flag, even where there is no data at all."""
+    pytest.importorskip("torch")
+    result = cli("--data-dir", tmp_path, "--device", "torch", "--workers", "2", "--epochs", "1")
+    assert result.returncode == 2
+    assert one_error_line(result).endswith("--workers 2 splits batches over threads, which pays only on NumPy "
+                                          "(and array-api-strict); torch already uses every core in each "
+                                          "operation: use --workers 1")
 
 
 def test_cli_workers_with_torch_is_one_line(tiny_idx):

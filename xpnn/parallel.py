@@ -1,13 +1,14 @@
-"""Data parallelism over threads in one process, for the NumPy backend.
+"""Data parallelism over threads in one process, for NumPy (and array-api-strict, which wraps it).
 
 NumPy runs every element-wise operation, copy and reduction on one core; only its matrix products (BLAS)
 use several. A CNN step spends more than half its time outside the products, so ``workers=2`` on a
-two-core machine splits each batch into two contiguous shards and runs each forward and backward on its
-own replica of the model in its own thread (NumPy releases the GIL inside its loops), with BLAS held to
-one thread per call so that the threads do not fight over the cores. The replicas' gradients are then
-combined, weighted by shard size, into the model's own, and the optimizer steps once.
+two-core machine splits each batch into two contiguous shards and runs the first on the model and the
+second on a replica of it, each in its own thread (NumPy releases the GIL inside its loops), with BLAS
+held to one thread per call so that the threads do not fight over the cores. The replica's gradients
+are then combined, weighted by shard size, with the model's own, and the optimizer steps once.
 
-The replicas share the model's parameter arrays (never copies), so every step sees the current weights.
+Replicas are deep copies made at the start of every epoch and every evaluation that share the model's
+``params`` dicts (never copies), so every step sees the current weights, and own everything else.
 What changes with the number of workers, as with data parallelism over MPI (:mod:`xpnn.distributed`):
 
 - the gradient is the whole batch's up to rounding (the shards are summed in a different order);
@@ -25,6 +26,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import copy
+import importlib.util
 import numbers
 import types
 from collections.abc import Iterator
@@ -33,22 +35,63 @@ from typing import Any
 __all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
 
 
-def check_workers(workers: Any, backend: Any, owner: str) -> int:
-    """``workers`` as a positive int, or a ValueError naming ``owner`` and the fix."""
+def check_workers(workers: Any, backend: Any, owner: str, option: str | None = None) -> int:
+    """Check a ``workers`` setting before any data is touched.
+
+    Parameters
+    ----------
+    workers : int
+        Threads that share each batch; 1 trains in the calling thread alone.
+    backend : Backend
+        Where the model lives: workers > 1 needs one whose operations run on one core (NumPy,
+        array-api-strict; see :attr:`xpnn.Backend.single_threaded`).
+    owner : str
+        Who asks, named in the messages (``"Trainer"``).
+    option : str, optional
+        The command-line flag to name instead of the keyword (``"--workers"``).
+
+    Returns
+    -------
+    int
+        ``workers`` as a Python int.
+
+    Raises
+    ------
+    ValueError
+        For a value that is not a positive integer, or workers > 1 on torch or CuPy.
+    ImportError
+        For workers > 1 without threadpoolctl (``pip install 'xpnn[threads]'``).
+    """
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
     workers = int(workers)
+    given = f"{option} {workers}" if option else f"{owner}: workers={workers}"
+    fix = f"{option} 1" if option else "workers=1"
     if workers > 1 and not backend.single_threaded:
-        raise ValueError(f"{owner}: workers={workers} splits batches over threads, which pays only on the NumPy "
-                         f"backend; {backend.name} already uses every core in each operation: use workers=1")
+        raise ValueError(f"{given} splits batches over threads, which pays only on NumPy (and array-api-strict); "
+                         f"{backend.name} already uses every core in each operation: use {fix}")
+    if workers > 1 and importlib.util.find_spec("threadpoolctl") is None:
+        raise ImportError(f"{given} needs threadpoolctl to hold BLAS to one thread per worker: "
+                          f"pip install threadpoolctl (or pip install 'xpnn[threads]'), or use {fix}")
     return workers
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    """Up to ``parts`` contiguous (start, stop) ranges covering ``range(n)``, sizes within one of each other.
+    """Split a batch of ``n`` samples into contiguous shards, one per worker.
 
-    No shard holds a single sample unless the batch does: BatchNorm cannot train on one sample, and a
-    batch of 2 that trains with one worker must train with several.
+    Parameters
+    ----------
+    n : int
+        Samples in the batch (>= 1).
+    parts : int
+        Workers available.
+
+    Returns
+    -------
+    list of (int, int)
+        Up to ``parts`` (start, stop) ranges covering ``range(n)`` in order, sizes within one of each other.
+        No shard holds a single sample unless the batch does: BatchNorm cannot train on one sample, and a
+        batch of 2 that trains with one worker must train with several.
     """
     parts = max(1, min(parts, n // 2))
     return [(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
@@ -56,6 +99,9 @@ def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 class ThreadWorkers:
     """Runs each training step of ``model`` over ``workers`` threads (see the module docstring).
+
+    The first shard of each batch runs on ``model`` itself, in the calling thread; the others on replicas
+    (:func:`replica`) made at the start of every epoch and of every evaluation.
 
     Parameters
     ----------
@@ -66,11 +112,8 @@ class ThreadWorkers:
     """
 
     def __init__(self, model: Any, workers: int):
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            raise ImportError(f"workers={workers} needs threadpoolctl to hold BLAS to one thread per worker: "
-                              "pip install threadpoolctl (or pip install 'xpnn[threads]')") from None
+        from threadpoolctl import ThreadpoolController  # present: check_workers made sure
+
         self.model, self.workers = model, workers
         self._blas = ThreadpoolController()
         self._pool = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="xpnn-worker")
@@ -159,11 +202,6 @@ class ThreadWorkers:
                 for weight, layer in zip(weights[1:], layers[1:], strict=True):
                     total = total + weight * layer.grads[key]
                 first.grads[key] = total
-
-    def close(self) -> None:
-        """Stop the worker threads."""
-        self._pool.shutdown(wait=True)
-
 
 def _total_hits(results: list[tuple[Any, Any]]) -> Any:
     hits = [hit for _, hit in results]

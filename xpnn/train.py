@@ -37,6 +37,7 @@ from .files import OutputError, check_outputs, write_file
 from .initializers import _BY_NAME as INITIALIZERS
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
+from .parallel import check_workers
 from .serialization import FormatError, read_npz
 from .trainer import DivergenceError, Trainer
 
@@ -311,6 +312,10 @@ class Run:
             self.backend = get_backend(rank_device(args.device, self.comm))
         except ValueError as error:
             raise UsageError(f"--device: {error}") from None
+        try:  # before the data is loaded (or downloaded)
+            check_workers(args.workers, self.backend, PROG, option="--workers")
+        except (ValueError, ImportError) as error:
+            raise UsageError(str(error)) from None
         self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
         self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
@@ -333,9 +338,8 @@ class Run:
                                    batch_size=None if args.full_batch else args.batch_size,
                                    schedule=get_schedule(args.schedule, args.epochs), seed=args.seed,
                                    comm=self.comm, cuda_graphs=args.cuda_graphs, workers=args.workers)
-        except (ValueError, ImportError) as error:
-            message = str(error).replace("Trainer: workers=", "--workers ").replace("use workers=1", "use --workers 1")
-            raise UsageError(message) from None
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         self.start_epoch = 0
         self.saved_epoch: int | None = None
         self.metrics_written = False
@@ -388,6 +392,7 @@ class Run:
             kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
         batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
         ranks = f" x {self.comm.size} processes" if self.comm.size > 1 else ""
+        ranks += f" x {a.workers} workers" if a.workers > 1 else ""
         return (f"{kind} ({self.model.n_parameters:,} parameters) on {d.name} "
                 f"({d.x_train.shape[0]:,} train / {d.x_test.shape[0]:,} test) with {self.backend.name}{ranks}, "
                 f"{a.optimizer} lr {a.lr} ({a.schedule}), {batch}, dropout {a.dropout}, seed {a.seed}")

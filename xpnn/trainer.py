@@ -95,10 +95,12 @@ class Trainer:
     cuda_graphs : {"auto", "on", "off"}
         Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
         safe (torch on CUDA, no dropout, no buffers, one process), ``on`` raises where it is not. Same results.
-    workers : int
-        Threads that share each batch on the NumPy backend (:mod:`xpnn.parallel`): 2 on a two-core machine
-        trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
-        BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value.
+    workers : int, default 1
+        Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`): 2 on a two-core
+        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
+        BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
+        1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
+        threadpoolctl (``pip install 'xpnn[threads]'``).
 
     Attributes
     ----------
@@ -128,8 +130,9 @@ class Trainer:
         self.full_batch_of: int | None = None
         #: The captured step (:class:`xpnn.graphs.StepGraph`) that full batches replay, or None (eager steps).
         self.graph = make_step_graph(cuda_graphs, model, optimizer, self.comm)
-        #: Threads that share each batch (:mod:`xpnn.parallel`), or None for one.
+        #: Threads that share each batch (:mod:`xpnn.parallel`).
         self.workers = check_workers(workers, model.backend, "Trainer")
+        #: The :class:`xpnn.parallel.ThreadWorkers` that run them, or None with one worker.
         self.parallel = ThreadWorkers(model, self.workers) if self.workers > 1 else None
 
     # ------------------------------------------------------------------ data
@@ -468,8 +471,8 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
         Show a progress bar within each epoch (only on a terminal).
     comm : communicator, optional
         For data-parallel training over MPI (see :mod:`xpnn.distributed`).
-    workers : int
-        Threads that share each batch on the NumPy backend (see :class:`Trainer` and :mod:`xpnn.parallel`).
+    workers : int, default 1
+        Threads that share each batch on NumPy (see :class:`Trainer` and :mod:`xpnn.parallel`).
 
     Returns
     -------
