@@ -323,6 +323,8 @@ def workers_available(backend_name: str) -> None:
         raise LookupError("workers > 1 pays only on NumPy")
     if importlib.util.find_spec("threadpoolctl") is None:
         raise LookupError("threadpoolctl is not installed (pip install '.[threads]')")
+    if xpnn.parallel.usable_cores() < 2:
+        raise LookupError("two workers need two cores")
 
 
 def pytorch_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:

@@ -57,6 +57,16 @@ def test_shard_bounds_cover_every_row_once(n, parts):
     assert min(sizes) >= min(n, 2)  # BatchNorm cannot train on a shard of one sample
 
 
+@pytest.fixture(autouse=True)
+def four_cores(monkeypatch):
+    """In-process tests of 2 and 3 workers run on machines with fewer cores too (more workers than cores is
+    refused); the CLI tests, in subprocesses, need 2 cores."""
+    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 4)
+
+
+needs_two_cores = pytest.mark.skipif(xpnn.parallel.usable_cores() < 2, reason="the CLI tests run 2 workers")
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 @pytest.mark.parametrize("batch_size", [16, 7])  # 40 = 2·16 + 8 and 5·7 + 5: last batches of other sizes
 def test_workers_train_the_same_model_up_to_rounding(workers, batch_size):
@@ -207,6 +217,27 @@ def test_bad_workers_are_refused(workers):
         Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=workers)
 
 
+@pytest.mark.parametrize("workers", [10**6, 2**63])
+def test_more_workers_than_cores_are_refused(workers):
+    model = small_cnn(xpnn.get_backend("cpu"))
+    with pytest.raises(ValueError, match=rf"workers={workers} is more than the \d+ cores this process may use"):
+        Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=workers)
+
+
+def test_replicas_are_made_as_shards_need_them(monkeypatch):
+    """8 workers on a batch of 6 (3 shards) make 2 replicas, and reach the same weights as 3 workers."""
+    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 8)
+    be = xpnn.get_backend("cpu", "float64")
+    x, y = images(24)
+    made = []
+    real = xpnn.parallel.replica
+    monkeypatch.setattr(xpnn.parallel, "replica", lambda model: made.append(1) or real(model))
+    runs = {w: params(train(small_cnn(be, dropout=0.3), x, y, w, epochs=1, batch_size=6).model) for w in (3, 8)}
+    assert len(made) == 4  # 2 per run: one epoch each, no evaluation
+    for key in runs[3]:
+        np.testing.assert_array_equal(runs[8][key], runs[3][key], err_msg=key)
+
+
 def test_numpy_integer_workers_are_taken():
     model = small_cnn(xpnn.get_backend("cpu"))
     assert Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=np.int64(2)).workers == 2
@@ -226,6 +257,7 @@ def test_array_api_strict_takes_workers_too():
     assert params(train(small_cnn(be), x, y, 2, epochs=1, batch_size=6).model)
 
 
+@needs_two_cores
 def test_cli_workers(tmp_path, tiny_idx):
     checkpoint = tmp_path / "w.npz"
     result = cli("--data-dir", tiny_idx, "--model", "cnn", "--epochs", "1", "--workers", "2", "--batch-size", "32",
@@ -262,6 +294,7 @@ def test_missing_threadpoolctl_is_one_clear_error(monkeypatch):
     assert Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=1).parallel is None
 
 
+@needs_two_cores
 def test_cli_checks_workers_before_loading_data(tmp_path):
     """--device torch --workers 2 fails at once, naming the flag, even where there is no data at all."""
     pytest.importorskip("torch")
@@ -272,6 +305,7 @@ def test_cli_checks_workers_before_loading_data(tmp_path):
                                           "operation: use --workers 1")
 
 
+@needs_two_cores
 def test_cli_workers_with_torch_is_one_line(tiny_idx):
     pytest.importorskip("torch")
     result = cli("--data-dir", tiny_idx, "--device", "torch", "--workers", "2", "--epochs", "1", "--batch-size", "32")
@@ -461,6 +495,7 @@ def test_layer_that_cannot_be_deep_copied_gets_a_clear_error_or_trains():
 
 
 # ---------------------------------------------------------------------- 6. CLI: a --workers 2 checkpoint and --device
+@needs_two_cores
 def test_cli_checkpoint_trained_with_workers_resumes_on_another_device(tmp_path):
     """A --workers 2 checkpoint resumes on torch: the saved 2 is refused there with the fix named, and
     --workers 1, like --device, may change on --resume."""

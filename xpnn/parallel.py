@@ -28,9 +28,12 @@ import contextvars
 import copy
 import importlib.util
 import numbers
+import os
 import types
 from collections.abc import Iterator
 from typing import Any
+
+from . import metrics
 
 __all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
 
@@ -58,7 +61,8 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
     Raises
     ------
     ValueError
-        For a value that is not a positive integer, or workers > 1 on torch or CuPy.
+        For a value that is not a positive integer, more workers than usable cores, or workers > 1 on
+        torch or CuPy.
     ImportError
         For workers > 1 without threadpoolctl (``pip install 'xpnn[threads]'``).
     """
@@ -70,10 +74,21 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
     if workers > 1 and not backend.single_threaded:
         raise ValueError(f"{given} splits batches over threads, which pays only on NumPy (and array-api-strict); "
                          f"{backend.name} already uses every core in each operation: use {fix}")
+    if workers > usable_cores():
+        raise ValueError(f"{given} is more than the {usable_cores()} cores this process may use: threads beyond "
+                         f"them only wait for each other; use {option + ' ' if option else 'workers='}"
+                         f"{usable_cores()} or fewer")
     if workers > 1 and importlib.util.find_spec("threadpoolctl") is None:
         raise ImportError(f"{given} needs threadpoolctl to hold BLAS to one thread per worker: "
                           f"pip install threadpoolctl (or pip install 'xpnn[threads]'), or use {fix}")
     return workers
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
@@ -118,66 +133,62 @@ class ThreadWorkers:
         self._blas = ThreadpoolController()
         self._pool = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="xpnn-worker")
         self.replicas: list[Any] = []
+        self._entropy: tuple[int, ...] | None = None
 
     @contextlib.contextmanager
     def epoch(self, *entropy: int) -> Iterator[None]:
-        """Fresh replicas of the model as it is now, dropout reseeded per worker; BLAS on one thread inside."""
-        self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
-        for worker, model in enumerate([self.model, *self.replicas]):
-            model.reseed(*entropy, worker)
+        """Dropout reseeded per worker; fresh replicas of the model as it is now; BLAS on one thread inside."""
+        self.model.reseed(*entropy, 0)
+        with self._replicas(entropy):
+            yield
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Fresh replicas, which see the model's current buffers (BatchNorm's running averages); BLAS on one
+        thread inside."""
+        with self._replicas(None):
+            yield
+
+    @contextlib.contextmanager
+    def _replicas(self, entropy: tuple[int, ...] | None) -> Iterator[None]:
+        self.replicas, self._entropy = [], entropy
         try:
             with self._blas.limit(limits=1, user_api="blas"):
                 yield
         finally:
             self.replicas = []  # their caches (the last shard's patches, masks) go with them
 
-    @contextlib.contextmanager
-    def evaluation(self) -> Iterator[None]:
-        """Fresh replicas, which see the model's current buffers (BatchNorm's running averages); BLAS on one
-        thread inside."""
-        self.replicas = [replica(self.model) for _ in range(self.workers - 1)]
-        try:
-            with self._blas.limit(limits=1, user_api="blas"):
-                yield
-        finally:
-            self.replicas = []
+    def _models(self, count: int) -> list[Any]:
+        """The model and ``count - 1`` replicas, made when first needed (in the first step, before the model
+        changes), so that small batches with few shards make no more than they use."""
+        while len(self.replicas) < count - 1:
+            twin = replica(self.model)
+            if self._entropy is not None:
+                twin.reseed(*self._entropy, len(self.replicas) + 1)
+            self.replicas.append(twin)
+        return [self.model, *self.replicas[: count - 1]]
 
-    def step(self, x: Any, targets: Any, labels: Any, count_correct: Any) -> tuple[Any, Any]:
-        """Forward and backward of one batch over the workers; returns (mean loss, correct count or None).
-
-        ``count_correct(loss_fn, logits, truth)`` counts one shard's hits (None for a regression); ``labels``
-        are compared where given, else ``targets``.
-        """
-        truth = targets if labels is None else labels
-
-        def run(model: Any, lo: int, hi: int) -> tuple[Any, Any]:
-            logits = model.predict(x[lo:hi, ...], train=True)
-            loss = model.loss_fn(logits, targets[lo:hi, ...])
-            model.backward()
-            return loss, count_correct(model.loss_fn, logits, truth[lo:hi, ...])
-
+    def step(self, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
+        """:func:`train_step` of one batch over the workers: (mean loss, correct count or None), the model's
+        gradients those of the whole batch."""
         n = x.shape[0]
-        bounds, models, results = self._map(run, n)
+        bounds, models, results = self._map(
+            lambda model, lo, hi: train_step(model, x[lo:hi, ...], targets[lo:hi, ...], truth[lo:hi, ...]), n)
         weights = [(hi - lo) / n for lo, hi in bounds]
         self._combine(models, weights)
         return sum(w * loss for w, (loss, _) in zip(weights, results, strict=True)), _total_hits(results)
 
-    def evaluate(self, x: Any, targets: Any, labels: Any, count_correct: Any) -> tuple[Any, Any]:
-        """Inference on one batch over the workers (inside :meth:`evaluation`): (Σ loss × samples, correct)."""
-        truth = targets if labels is None else labels
-
-        def run(model: Any, lo: int, hi: int) -> tuple[Any, Any]:
-            logits = model.predict(x[lo:hi, ...])
-            return model.loss_fn(logits, targets[lo:hi, ...]) * (hi - lo), count_correct(
-                model.loss_fn, logits, truth[lo:hi, ...])
-
-        _, _, results = self._map(run, x.shape[0])
+    def evaluate(self, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
+        """:func:`eval_step` of one batch over the workers (inside :meth:`evaluation`)."""
+        _, _, results = self._map(
+            lambda model, lo, hi: eval_step(model, x[lo:hi, ...], targets[lo:hi, ...], truth[lo:hi, ...]),
+            x.shape[0])
         return sum(loss for loss, _ in results), _total_hits(results)
 
     def _map(self, run: Any, n: int) -> tuple[list[tuple[int, int]], list[Any], list[Any]]:
         """``run(model, lo, hi)`` for each shard of ``range(n)``, the first in this thread, the rest in workers."""
         bounds = shard_bounds(n, self.workers)
-        models = [self.model, *self.replicas][: len(bounds)]
+        models = self._models(len(bounds))
         # Each worker runs in a copy of this thread's context, so that np.errstate (a context variable) holds
         # there too: fit() reports overflow once, as divergence, not as warnings from every thread.
         futures = [self._pool.submit(contextvars.copy_context().run, run, model, lo, hi)
@@ -202,6 +213,20 @@ class ThreadWorkers:
                 for weight, layer in zip(weights[1:], layers[1:], strict=True):
                     total = total + weight * layer.grads[key]
                 first.grads[key] = total
+
+def train_step(model: Any, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
+    """Forward and backward of one batch: (mean loss, correct count against ``truth`` or None)."""
+    logits = model.predict(x, train=True)
+    loss = model.loss_fn(logits, targets)
+    model.backward()
+    return loss, metrics.count_correct(model.loss_fn, logits, truth)
+
+
+def eval_step(model: Any, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
+    """Inference on one batch: (loss × samples, correct count against ``truth`` or None)."""
+    logits = model.predict(x)
+    return model.loss_fn(logits, targets) * x.shape[0], metrics.count_correct(model.loss_fn, logits, truth)
+
 
 def _total_hits(results: list[tuple[Any, Any]]) -> Any:
     hits = [hit for _, hit in results]

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from .graphs import make_step_graph
 from .losses import one_hot
 from .model import SHUFFLE_STREAM, Sequential
 from .optim import Optimizer, get_schedule
-from .parallel import ThreadWorkers, check_workers
+from .parallel import ThreadWorkers, check_workers, eval_step, train_step
 from .progress import ProgressBar
 
 __all__ = ["DeviceData", "DivergenceError", "Trainer", "fit", "format_row", "load_checkpoint", "save_checkpoint"]
@@ -256,14 +257,9 @@ class Trainer:
                         hits.append(hit)
                     bar.update()
                     continue
-                if self.parallel is not None:
-                    loss, hit = self.parallel.step(part.x, part.targets, part.labels, metrics.count_correct)
-                else:
-                    logits = model.predict(part.x, train=True)
-                    loss = model.loss_fn(logits, part.targets)
-                    model.backward()
-                    truth = part.targets if part.labels is None else part.labels
-                    hit = metrics.count_correct(model.loss_fn, logits, truth)
+                truth = part.targets if part.labels is None else part.labels
+                step = self.parallel.step if self.parallel is not None else partial(train_step, model)
+                loss, hit = step(part.x, part.targets, truth)
                 comm.allreduce_gradients(model, hi - lo, stop - start)
                 self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
@@ -287,13 +283,9 @@ class Trainer:
                 self.parallel.evaluation() if self.parallel else contextlib.nullcontext():
             for start in range(lo, hi, self.eval_batch_size):
                 part = data.rows(start, min(start + self.eval_batch_size, hi))
-                if self.parallel is not None:
-                    loss_sum, hit = self.parallel.evaluate(part.x, part.targets, part.labels, metrics.count_correct)
-                else:
-                    logits = model.predict(part.x)
-                    loss_sum = model.loss_fn(logits, part.targets) * part.n
-                    truth = part.targets if part.labels is None else part.labels
-                    hit = metrics.count_correct(model.loss_fn, logits, truth)
+                truth = part.targets if part.labels is None else part.labels
+                step = self.parallel.evaluate if self.parallel is not None else partial(eval_step, model)
+                loss_sum, hit = step(part.x, part.targets, truth)
                 total = total + loss_sum
                 if hit is not None:
                     correct = hit if correct is None else correct + hit
