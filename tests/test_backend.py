@@ -85,3 +85,34 @@ def test_public_api_names():
     for name in ("Affine", "Linear", "ReLU", "Sequential", "mlp", "load", "gradcheck", "get_backend"):
         assert hasattr(xpnn, name)
     assert xpnn.Linear is xpnn.Affine
+
+
+def test_zero_like_is_made_once_per_library_dtype_and_device(backend):
+    from xpnn.backend import zero_like
+
+    x = backend.ones((3,))
+    zero = zero_like(x)
+    assert zero.shape == () and zero.dtype == x.dtype and backend.item(zero) == 0.0
+    assert backend.xp.__name__ == xpnn.backend.namespace_of(zero).__name__
+    assert zero_like(backend.zeros((2, 2))) is zero  # reused: no new array (no host-to-device copy) per call
+
+
+def test_zero_like_accepts_an_unhashable_device(monkeypatch):
+    """CuPy's Device objects cannot be dictionary keys; their repr is used instead."""
+    from xpnn import backend as backend_module
+
+    class Unhashable:
+        __hash__ = None
+
+        def __repr__(self):
+            return "<Device 7>"
+
+    monkeypatch.setattr(backend_module.array_api_compat, "device", lambda a: Unhashable())
+    monkeypatch.setattr(backend_module, "_ZEROS", {})
+    numpy_zeros = np.zeros
+    namespace = types.SimpleNamespace(zeros=lambda shape, dtype, device: numpy_zeros(shape, dtype))
+    monkeypatch.setattr(backend_module, "namespace_of", lambda a: namespace)
+    x = np.ones(3, np.float16)
+    zero = backend_module.zero_like(x)
+    assert backend_module.zero_like(x) is zero and zero.dtype == np.float16
+    assert list(backend_module._ZEROS) == [(np.ndarray, np.dtype(np.float16), "<Device 7>")]

@@ -20,12 +20,37 @@ from xpnn.optim import SGD, Adam, Momentum
 from xpnn.trainer import Trainer
 
 
-class FakeCapture:
-    """Records the step without running it; the returned replay runs it (the device work of a CUDA graph)."""
+def capture_checker():
+    """A torch dispatch mode that refuses what a CUDA graph capture refuses: making a tensor from host data
+    (a host-to-device copy on CUDA, e.g. a Python scalar turned into a tensor) and reading a value back to
+    the host (``item()``, ``bool()``, a synchronisation). On the CPU this is how the capture's rules are
+    checked without a GPU."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def __init__(self) -> None:
+    refused = {torch.ops.aten.lift_fresh.default: "a tensor made from host data (a host-to-device copy)",
+               torch.ops.aten._local_scalar_dense.default: "a value read back to the host (a synchronisation)"}
+
+    class Checker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in refused:
+                raise RuntimeError(f"not allowed during CUDA graph capture: {refused[func]} ({func})")
+            return func(*args, **(kwargs or {}))
+
+    return Checker()
+
+
+class FakeCapture:
+    """Records the step without running it; the returned replay runs it (the device work of a CUDA graph).
+
+    With ``check=True`` (torch) each replay runs under :func:`capture_checker`, so a step that a real
+    capture would refuse fails here too.
+    """
+
+    def __init__(self, check: bool = False) -> None:
         self.recorded = 0
         self.warmups = 0
+        self.check = check
 
     @contextlib.contextmanager
     def warmup(self):
@@ -34,7 +59,14 @@ class FakeCapture:
 
     def capture(self, body):
         self.recorded += 1
-        return body
+        if not self.check:
+            return body
+
+        def replay():
+            with capture_checker():
+                body()
+
+        return replay
 
 
 N, BATCH = 300, 64  # 4 full batches and a partial one of 44 per epoch
@@ -51,7 +83,7 @@ def trainer_for(backend, make_optimizer, graph):
     schedule = xpnn.optim.get_schedule("step", 3, step_size=1, gamma=0.5)
     trainer = Trainer(model, optimizer, batch_size=BATCH, schedule=schedule, seed=0, cuda_graphs="off")
     if graph == "fake":
-        trainer.graph = StepGraph(model, optimizer, FakeCapture())
+        trainer.graph = StepGraph(model, optimizer, FakeCapture(check=backend.name.startswith("torch")))
     elif graph == "real":
         trainer.graph = make_step_graph("on", model, optimizer)
     return trainer
@@ -99,6 +131,46 @@ def test_replayed_steps_match_eager_steps(backend_name, name, launch_bound):
     graph = captured.graph
     # 3 warm-up steps, then 9 replays of the full batches; 3 partial batches eager; one capture
     assert (graph.eager, graph.replayed, graph.captures, graph.capture.warmups) == (6, 9, 1, 3)
+
+
+def _capturable_models(backend):
+    layers, losses = xpnn.layers, xpnn.losses
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((40, 2, 7, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    convolutional = xpnn.Sequential([
+        layers.Conv2d(2, 4, 3, padding=1), layers.ELU(), layers.MaxPool2d(2),
+        layers.Conv2d(4, 3, (2, 1), stride=(1, 2)), layers.LeakyReLU(), layers.AvgPool2d(2, stride=1),
+        layers.Flatten(), layers.Affine(3 * 1 * 1, 3)], backend=backend, seed=0)
+    rows = rng.standard_normal((40, 5)).astype(np.float32)
+    regression = xpnn.Sequential([layers.Affine(5, 8), layers.Tanh(), layers.Affine(8, 2)],
+                                 loss=losses.MeanSquaredError(), backend=backend, seed=0)
+    binary = xpnn.Sequential([layers.Affine(5, 8), layers.Sigmoid(), layers.Affine(8, 1)],
+                             loss=losses.BCEWithLogits(), backend=backend, seed=0)
+    return {"cnn": (convolutional, images, labels),
+            "mse-tanh": (regression, rows, rng.standard_normal((40, 2)).astype(np.float32)),
+            "bce-sigmoid": (binary, rows, rng.integers(0, 2, (40, 1)).astype(np.float32))}
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mse-tanh", "bce-sigmoid"])
+def test_every_layer_and_loss_runs_under_the_capture_rules(kind):
+    """Each layer and loss, replayed under the capture checker on torch-cpu, gives the eager parameters."""
+    backend = make_backend("torch")
+    results = []
+    for graph in (False, True):
+        model, x, y = _capturable_models(backend)[kind]
+        optimizer = Adam(model, lr=0.01)
+        trainer = Trainer(model, optimizer, batch_size=8, seed=0, cuda_graphs="off")
+        if graph:
+            trainer.graph = StepGraph(model, optimizer, FakeCapture(check=True))
+        device_data = trainer.device_data(x, y)
+        for epoch in range(2):
+            trainer.train_epoch(device_data, epoch)
+        results.append(parameters(trainer))
+        if graph:
+            assert trainer.graph.replayed == 7  # 10 steps, 3 of them warm-up
+    for key, value in results[0].items():
+        np.testing.assert_array_equal(results[1][key], value, err_msg=key, strict=True)
 
 
 def test_a_reload_between_epochs_forces_a_recapture():

@@ -321,6 +321,7 @@ class FusedUpdates:
 _FUSED: dict[str, FusedUpdates] = {}
 _NAMESPACES: dict[type, Any] = {}
 _FLOATING: dict[tuple[type, Any], bool] = {}
+_ZEROS: dict[tuple[type, Any, Any], Any] = {}
 
 
 def namespace_of(a: Any) -> Any:
@@ -338,6 +339,24 @@ def is_floating(a: Any) -> bool:
     if answer is None:
         answer = _FLOATING[key] = namespace_of(a).isdtype(a.dtype, "real floating")
     return answer
+
+
+def zero_like(a: Any) -> Any:
+    """A 0-d zero of ``a``'s dtype on ``a``'s device, made once and reused (treat it as read-only).
+
+    ``xp.maximum(x, 0.0)`` on torch turns the Python 0.0 into a tensor at every call, a host-to-device copy
+    that a CUDA graph capture refuses; ``xp.maximum(x, zero_like(x))`` does not copy after the first call.
+    """
+    device = array_api_compat.device(a)
+    try:
+        key = (type(a), a.dtype, device)
+        zero = _ZEROS.get(key)
+    except TypeError:  # an unhashable device (CuPy's): its repr names it
+        key = (type(a), a.dtype, repr(device))
+        zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = namespace_of(a).zeros((), dtype=a.dtype, device=device)
+    return zero
 
 
 def to_numpy(a: Any) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .backend import is_floating, namespace_of
+from .backend import is_floating, namespace_of, zero_like
 from .layers.activations import sigmoid
 
 __all__ = ["BCEWithLogits", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy", "softmax"]
@@ -173,7 +173,7 @@ class BCEWithLogits(Loss):
             raise ValueError(f"{self!r}: targets must lie in [0, 1] (probabilities of the positive class), got "
                              f"values from {float(xp.min(t))} to {float(xp.max(t))}")
         self.y, self.t = y, t
-        losses = xp.maximum(y, 0.0) - y * t + xp.log1p(xp.exp(-xp.abs(y)))
+        losses = xp.maximum(y, zero_like(y)) - y * t + xp.log1p(xp.exp(-xp.abs(y)))
         return xp.sum(losses) / _size(y)
 
     def backward(self, dloss: Any = 1.0) -> Any:

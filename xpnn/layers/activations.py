@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import is_floating
+from ..backend import is_floating, zero_like
 from ..validation import check_real
 from .base import Layer
 
@@ -38,7 +38,7 @@ class ReLU(_Elementwise):
     """max(x, 0). Shapes: any -> same."""
 
     def _forward(self, x: Any) -> Any:
-        return self.xp.maximum(x, 0.0)
+        return self.xp.maximum(x, zero_like(x))
 
     def backward(self, dy: Any) -> Any:
         # Multiplying by the 0/1 mask is faster than where(); the mask is ours, so it takes the product.
@@ -98,7 +98,7 @@ class ELU(_Elementwise):
     def _forward(self, x: Any) -> Any:
         xp = self.xp
         # expm1 only sees x <= 0, so large positive inputs cannot overflow.
-        return xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0.0)))
+        return xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, zero_like(x))))
 
     def backward(self, dy: Any) -> Any:
         # For x <= 0, d/dx alpha·(eˣ - 1) = alpha·eˣ = y + alpha.
