@@ -15,9 +15,15 @@ import xpnn
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pythonpath(*first: object) -> str:
+    """PYTHONPATH for a child interpreter: ``first``, this checkout, then the caller's own PYTHONPATH (where
+    dependencies may live, as on a machine that installs them into a folder instead of site-packages)."""
+    return os.pathsep.join(str(p) for p in (*first, ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
 def cli(*args: str, timeout: float = 120, warnings_as_errors: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter; NumPy RuntimeWarnings become errors so that none can slip out."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     flags = ["-W", "error::RuntimeWarning"] if warnings_as_errors else []
     return subprocess.run([sys.executable, *flags, "-m", "xpnn.train", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **kwargs)

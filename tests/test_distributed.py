@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 
 import xpnn
+from tests.cli_helpers import pythonpath
 from xpnn import distributed
 from xpnn.distributed import DistributedError, Local, MPICommunicator
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # The manual training loop both ranks run: the trainer's hooks, in the trainer's order. Batches of 16, 16,
 # 16, 3 and 1 samples: the 3 splits 1 + 2 between the ranks, the 1 leaves rank 0 an empty shard.
@@ -37,6 +36,7 @@ import sys
 from pathlib import Path
 import xpnn
 from xpnn.distributed import communicator
+from tests.cli_helpers import ROOT, pythonpath
 
 out = Path(sys.argv[1])
 comm = communicator()
@@ -81,7 +81,7 @@ def mpirun(script: str, *args: str, n: int = 2, timeout: float = 120,
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment, with this checkout first on PYTHONPATH and no launcher variables of our own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI_", "PMIX_", "MV2_"))}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = pythonpath()
     env.update(extra or {})
     return env
 
@@ -202,7 +202,7 @@ def test_under_mpirun_without_mpi4py_the_job_fails_saying_how_to_install_it(tmp_
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('No module named mpi4py (blocked by the test)')\n")
     script = "from xpnn.distributed import communicator; communicator()"
-    result = mpirun(script, timeout=60, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
+    result = mpirun(script, timeout=60, env={"PYTHONPATH": pythonpath(tmp_path)})
     assert result.returncode != 0
     # mpirun ends the job at the first failing rank: the other may not have printed yet
     assert "needs mpi4py, which is not installed; install it with pip install 'xpnn[mpi]'" in result.stderr
@@ -490,6 +490,6 @@ def test_cli_under_mpirun_without_mpi4py_says_so_once(cli_dataset, tmp_path):
         pytest.skip("mpi4py is not installed (pip install '.[mpi]')")
     result = subprocess.run([*distributed.mpirun_command(2), sys.executable, "-m", "xpnn.train", "--data-dir",
                              str(cli_dataset), *CLI_FLAGS], capture_output=True, text=True, timeout=60,
-                            env=child_env({"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}))
+                            env=child_env({"PYTHONPATH": pythonpath(tmp_path)}))
     assert result.returncode == 2
     assert result.stderr.count("needs mpi4py, which is not installed") == 1

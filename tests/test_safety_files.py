@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 import xpnn
+from tests.cli_helpers import pythonpath
 from tests.idx import make_dataset
 from xpnn import files
 from xpnn import train as cli
 from xpnn.files import OutputError, check_outputs, clean_stale_parts, write_file
 from xpnn.serialization import read_npz
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch-size", "30", "--hidden", "3"]
 OUTPUTS = ["--save", "--metrics", "--plot"]
 
@@ -159,7 +159,7 @@ def test_stdout_redirected_to_a_file_is_not_replaced(tmp_path):
             "except ValueError as error:\n    print(error, file=sys.stderr)\nprint('last line', flush=True)\n")
     with open(log, "wb") as out:
         result = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env={**os.environ, "PYTHONPATH": pythonpath()})
     assert log.read_text() == "first line\nlast line\n"
     assert "names an open stream" in result.stderr and str(log) in result.stderr
 
@@ -268,7 +268,7 @@ def test_a_save_killed_midway_leaves_a_part_that_the_next_save_removes(tmp_path)
             "def slow(file):\n    file.write(b'partial')\n    file.flush()\n    print('writing', flush=True)\n"
             "    time.sleep(60)\nwrite_file(sys.argv[1], slow)\n")
     writer = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": pythonpath()})
     try:
         assert writer.stdout.readline().strip() == "writing"
     finally:
@@ -395,7 +395,7 @@ def test_through_a_subprocess(dataset, tmp_path, flag, target):
         target = str(tmp_path / "x" / "y")
     result = subprocess.run([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), *FAST, "--quiet",
                              flag, target], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": pythonpath()})
     if target == "/dev/null":
         assert result.returncode == 0, result.stderr
         assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

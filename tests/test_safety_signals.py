@@ -11,7 +11,7 @@ import time
 import pytest
 
 import xpnn
-from tests.cli_helpers import ROOT, checkpoint_state, cli, one_error_line
+from tests.cli_helpers import checkpoint_state, cli, one_error_line, pythonpath
 from tests.idx import make_dataset
 from xpnn import train as cli_module
 
@@ -45,7 +45,7 @@ def test_ctrl_c_outside_the_epoch_loop_is_one_line_and_exit_130(dataset, tmp_pat
 @pytest.mark.parametrize("delay", [0.05, 0.4, 0.8, 1.2, 1.6, 2.5])
 def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_path, delay):
     save = tmp_path / "ck.npz"
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--batch-size", "50",
                                 "--hidden", "16", "--epochs", "100000", "--full-batch", "--save", str(save)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -144,3 +144,17 @@ def test_the_cnn_takes_the_activation_flag(dataset, tmp_path):
                "--save", save).returncode == 0
     config = checkpoint_state(save)[1]["config"]
     assert [layer["type"] for layer in config["layers"]].count("Tanh") == 3
+
+
+def test_layers_larger_than_the_machine_are_refused_before_allocating(monkeypatch):
+    """Where the kernel overcommits, a huge allocation succeeds and the process dies drawing the weights."""
+    from xpnn.layers import base
+
+    with pytest.raises(MemoryError, match=r"Affine\(n_in=1000000, n_out=10000000.*GiB, more than this machine's"):
+        xpnn.layers.Affine(10**6, 10**7).build("cpu")  # 40 TB of weights
+    monkeypatch.setattr(base, "physical_memory", lambda: 1000)
+    with pytest.raises(MemoryError, match="make the layer smaller"):
+        xpnn.layers.Affine(10, 20).build("cpu")  # 2 x 220 float32 = 1760 bytes
+    xpnn.layers.Affine(10, 10).build("cpu")  # 880 bytes fit
+    monkeypatch.setattr(base, "physical_memory", lambda: None)  # unknown: no check
+    xpnn.layers.Affine(10, 20).build("cpu")

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 
 import xpnn
+from tests.cli_helpers import pythonpath
 from tests.idx import idx_bytes, make_dataset
 from xpnn import train as cli
 from xpnn.checkpoint import load_checkpoint, save_checkpoint
 from xpnn.data import DataError, read_idx
 from xpnn.serialization import FormatError, read_npz
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = [4, 3, 2]
 
 
@@ -604,7 +604,7 @@ def test_resume_through_a_subprocess_prints_no_traceback(dataset, tmp_path, cont
     else:
         bad.write_bytes(content)
     result = subprocess.run([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), *FAST, "--resume",
-                             str(bad)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             str(bad)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": pythonpath()},
                             timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -93,11 +95,23 @@ class Layer:
         """
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
+        self._check_memory()
         if not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)
         self.initialize(rng)
         self.reseed(rng.integers(2**63))
         return self
+
+    def _check_memory(self) -> None:
+        """MemoryError before allocating when the declared arrays and their gradients exceed the machine's
+        memory. Where the kernel overcommits memory, such an allocation succeeds and the process is killed
+        (or hangs swapping) while the weights are drawn, instead of failing with a message."""
+        total = physical_memory()
+        count = sum(math.prod(shape) for shape in self.param_shapes().values())
+        need = 2 * count * np.dtype(self.backend.dtype_name).itemsize
+        if total and need > total:
+            raise MemoryError(f"{self!r}: its parameters and their gradients need {need / 2**30:,.1f} GiB, more than "
+                              f"this machine's {total / 2**30:,.1f} GiB of memory; make the layer smaller")
 
     def initialize(self, rng: np.random.Generator) -> None:
         """Create ``params``, ``grads`` and ``buffers``; layers without parameters do nothing."""
@@ -202,3 +216,11 @@ def _accept_trainable(init: Callable[..., None]) -> Callable[..., None]:
 
     init_with_trainable._accepts_trainable = True  # type: ignore[attr-defined]
     return init_with_trainable
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
