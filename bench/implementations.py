@@ -11,6 +11,7 @@ import importlib.util
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,25 @@ class Epoch:
     batch: int
     samples: int
     run: Callable[[], None]
+
+
+def interleaved(others: list[Epoch]) -> Callable[[], None]:
+    """The setup run before each timed round: one untimed epoch of every other implementation on the device.
+
+    A neighbour that raises is dropped with a warning instead of failing every row of its device; its own
+    row still fails and shows the error.
+    """
+
+    def setup() -> None:  # pedantic() would take a returned value as the target's arguments
+        for epoch in list(others):
+            try:
+                epoch.run()
+            except Exception as error:
+                others.remove(epoch)
+                warnings.warn(f"{epoch.implementation} on {epoch.backend} failed; left out of the interleaving: "
+                              f"{error}", stacklevel=2)
+
+    return setup
 
 
 # ---------------------------------------------------------------------- xpnn
@@ -143,7 +163,7 @@ def pytorch_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, c
     n = inputs.shape[0]
 
     def step(batch_x, batch_t):
-        optimizer.zero_grad(set_to_none=not compiled)
+        optimizer.zero_grad()
         loss = loss_fn(model(batch_x), batch_t)
         loss.backward()
         optimizer.step()
@@ -152,7 +172,12 @@ def pytorch_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, c
     if compiled:
         for group in optimizer.param_groups:
             group["lr"] = torch.tensor(LR, device=device)  # a tensor lr, so a schedule would not recompile
-        step = torch.compile(step, mode="reduce-overhead")
+        compiled_step = torch.compile(step, mode="reduce-overhead")
+
+        def step(batch_x, batch_t):
+            # Each call is a new training iteration: the graphs' outputs of the last one may be overwritten.
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled_step(batch_x, batch_t)
 
     def run() -> None:
         order = torch.randperm(n, device=device)

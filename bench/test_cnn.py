@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from implementations import cnn_epoch_flops, load_data, make_cnn_epoch, rounds
+from implementations import cnn_epoch_flops, interleaved, load_data, make_cnn_epoch, rounds
 
 BATCH = 128
 SUBSET = 40 * BATCH
@@ -74,11 +74,7 @@ def neighbours(implementation, backend, data):
             with contextlib.suppress(LookupError):
                 others.append(epoch_for(*other, data))
 
-    def setup() -> None:
-        for epoch in others:
-            epoch.run()
-
-    return setup
+    return interleaved(others)
 
 
 @pytest.mark.parametrize(("implementation", "backend"), CASES, ids=[f"{i}-{b}" for i, b in CASES])

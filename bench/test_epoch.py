@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from implementations import epoch_flops, make_epoch, rounds
+from implementations import epoch_flops, interleaved, make_epoch, rounds
 
 FULL = 60_000
 # Implementations compared with each other run interleaved (see neighbours()): one group per device.
@@ -68,11 +68,7 @@ def neighbours(implementation, backend, batch, data):
             with contextlib.suppress(LookupError):
                 others.append(epoch_for(*other, batch, data))
 
-    def setup() -> None:  # pedantic() would take a returned value as the target's arguments
-        for epoch in others:
-            epoch.run()
-
-    return setup
+    return interleaved(others)
 
 
 @pytest.mark.parametrize(("implementation", "backend", "batch"), CASES,

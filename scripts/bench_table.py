@@ -33,6 +33,8 @@ def _ratio(value: float, reference: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    rows = [r for r in rows if r.get("model") != "cnn"]  # the CNN has its own table (and its own PyTorch)
+
     def lookup(implementation: str, device: str, batch: int) -> float | None:
         found = [r["min"] for r in rows
                  if r["implementation"] == implementation and r["device"] == device and r["batch"] == batch]
@@ -43,7 +45,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {"xpnn": 0, "xpnn-eager": 1, "pytorch": 2, "pytorch-compiled": 3, "numpy-by-hand": 4, "matmul-bound": 5}
-    epoch_rows = [r for r in rows if r["implementation"] in order and r.get("model") != "cnn"]
+    epoch_rows = [r for r in rows if r["implementation"] in order]
     epoch_rows.sort(key=lambda r: (r["samples"] != 60_000, r["device"], r["batch"], order[r["implementation"]],
                                    r["backend"]))
     for r in epoch_rows:
