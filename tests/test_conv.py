@@ -339,14 +339,43 @@ def test_dropout_on_images_masks_elementwise_and_backward_uses_the_same_mask(bac
 def test_cnn_builder_makes_the_issue_architecture():
     model = xpnn.cnn(backend="cpu")
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Affine", "ReLU",
+    # ReLU after the pooling: the issue's conv-ReLU-pool blocks, computed on a quarter of the elements
+    assert kinds == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Affine", "ReLU",
                      "Dropout", "Affine"]
+    others = [type(layer).__name__ for layer in xpnn.cnn(activation="tanh", backend="cpu").layers]
+    assert others[:3] == ["Conv2d", "Tanh", "MaxPool2d"]
     conv1, conv2, dense1, dense2 = (model.layers[i] for i in (0, 3, 7, 10))
     assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (1, 32, (3, 3), (1, 1))
     assert (conv2.in_channels, conv2.out_channels) == (32, 64)
     assert (dense1.n_in, dense1.n_out, dense2.n_in, dense2.n_out) == (64 * 7 * 7, 128, 128, 10)
     # torch.nn's count for the same layers: 32·9+32, 64·32·9+64, 3136·128+128, 128·10+10
     assert model.n_parameters == (32 * 9 + 32) + (64 * 32 * 9 + 64) + (3136 * 128 + 128) + (128 * 10 + 10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pooling_before_relu_trains_bit_for_bit_like_relu_before_pooling(rng, dtype):
+    """cnn() pools before its ReLU; the issue's order (ReLU, then pool) must give the same steps exactly,
+    ties included: blank image regions make whole windows equal (all the bias), many of them negative."""
+    backend = xpnn.get_backend("cpu", dtype)
+    swapped = xpnn.cnn([2, 4, 3], [5, 3], image_size=(12, 10), dropout=0.0, backend=backend, seed=3)
+    layers = [type(layer)(**layer.config()) for layer in swapped.layers]
+    for block in (1, 4):  # [Conv, MaxPool, ReLU] -> [Conv, ReLU, MaxPool]
+        layers[block], layers[block + 1] = layers[block + 1], layers[block]
+    issue_order = xpnn.Sequential(layers, backend=backend, input_shape=(2, 12, 10))
+    issue_order.load_state_dict(swapped.state_dict())
+    assert type(issue_order.layers[1]).__name__ == "ReLU"
+    x = rng.normal(size=(16, 2, 12, 10)) * (rng.random((16, 1, 12, 10)) < 0.5)  # half the pixels blank
+    x[:, :, :4] = 0.0  # and whole rows: windows of equal values after the first convolution
+    x, y = backend.asarray(x.astype(dtype)), backend.asarray(rng.integers(0, 3, 16))
+    optimizers = [xpnn.optim.SGD(m, lr=0.5) for m in (swapped, issue_order)]
+    for _ in range(4):
+        losses = [m.loss(x, y) for m in (swapped, issue_order)]
+        for m, optimizer in zip((swapped, issue_order), optimizers, strict=True):
+            m.backward()
+            optimizer.step()
+        assert backend.item(losses[0]) == backend.item(losses[1])
+    for name, value in swapped.named_parameters().items():
+        np.testing.assert_array_equal(value, issue_order.named_parameters()[name], err_msg=name, strict=True)
 
 
 def test_cnn_builder_rejects_images_too_small_for_its_pooling():
@@ -382,25 +411,31 @@ def test_cnn_learns_real_fashion_mnist_subset():
     assert before < 0.3 and after > 0.6, (before, after)  # 0.72 measured; chance is 0.1
 
 
-@pytest.mark.parametrize(("kernel", "stride", "size"), [((3, 3), (1, 1), (6, 5)), ((3, 2), (2, 1), (7, 6)),
-                                                         ((2, 3), (2, 3), (5, 9)), ((1, 1), (1, 1), (3, 4))])
-def test_numpy_strided_unfold_equals_the_generic_reference(rng, kernel, stride, size):
+@pytest.mark.parametrize(("kernel", "stride", "size", "channels"),
+                         [((3, 3), (1, 1), (6, 5), 4), ((3, 2), (2, 1), (7, 6), 4), ((2, 3), (2, 3), (5, 9), 4),
+                          ((1, 1), (1, 1), (3, 4), 4), ((3, 3), (1, 1), (6, 5), 1)])
+def test_strided_unfold_equals_the_generic_reference(backend, rng, kernel, stride, size, channels):
+    """Where a library has a strided fast path (NumPy, CuPy) it copies exactly what the generic slices copy."""
     from xpnn.layers.conv import output_size, unfold
 
-    backend = xpnn.get_backend("cpu")
-    x = backend.asarray(rng.standard_normal((3, *size, 4)))
+    x = backend.asarray(rng.standard_normal((3, *size, channels)))
     out = output_size(size, kernel, stride)
     fast = backend.unfold_fast(x, kernel, stride, out)
-    np.testing.assert_array_equal(fast, unfold(np, x, kernel, stride, out))
-    assert fast.shape == (3 * out[0] * out[1], kernel[0] * kernel[1] * 4)
+    if fast is None:
+        assert not backend.name.startswith("cupy") and (backend.name != "numpy" or channels == 1)
+        return
+    np.testing.assert_array_equal(backend.to_numpy(fast), backend.to_numpy(unfold(backend.xp, x, kernel, stride, out)))
+    assert fast.shape == (3 * out[0] * out[1], kernel[0] * kernel[1] * channels)
 
 
-def test_strided_unfold_is_numpy_only(backend):
+def test_strided_unfold_is_numpy_and_cupy_only(backend):
     """Every other library takes the generic path, which the tests above check against torch; so does a
     single channel on NumPy (its kh·kw slice copies are faster there)."""
     fast = backend.unfold_fast(backend.zeros((1, 3, 3, 2)), (2, 2), (1, 1), (2, 2))
-    assert (fast is not None) == (backend.name == "numpy")
-    assert backend.unfold_fast(backend.zeros((1, 3, 3, 1)), (2, 2), (1, 1), (2, 2)) is None
+    cupy = backend.name.startswith("cupy")
+    assert (fast is not None) == (backend.name == "numpy" or cupy)
+    single = backend.unfold_fast(backend.zeros((1, 3, 3, 1)), (2, 2), (1, 1), (2, 2))
+    assert (single is not None) == cupy
 
 
 def test_a_saved_cnn_keeps_its_input_shape(tmp_path):

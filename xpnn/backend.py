@@ -192,18 +192,23 @@ class Backend:
         return kernels
 
     def unfold_fast(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> Any:
-        """im2col of a channels-last ``x`` (N, H, W, C) through strided views, where the library has them (NumPy).
+        """im2col of a channels-last ``x`` (N, H, W, C) through strided views, where the library has them.
 
         Returns the (N·oh·ow, kh·kw·C) matrix of :func:`xpnn.layers.conv.unfold`, bit for bit (both only copy),
-        in one strided copy instead of kh·kw; None on other libraries, which then use that generic reference,
-        and for a single channel, where the kh·kw slice copies are about 1.7x faster than the strided one.
+        in one strided copy instead of kh·kw slices and a concatenation: on CuPy one kernel launch instead of
+        about a dozen, on NumPy one pass. None on other libraries, which then use that generic reference, and
+        for a single channel on NumPy, where the kh·kw slice copies are about 1.7x faster than the strided one.
         """
-        if self._library != "numpy" or x.shape[3] == 1:
+        if self._library == "numpy" and x.shape[3] > 1:
+            library = np
+        elif self._library == "cupy":
+            import cupy as library
+        else:
             return None
         n, c = x.shape[0], x.shape[3]
-        windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(1, 2))  # (N, H', W', C, kh, kw)
+        windows = library.lib.stride_tricks.sliding_window_view(x, kernel, axis=(1, 2))  # (N, H', W', C, kh, kw)
         windows = windows[:, : (out[0] - 1) * stride[0] + 1 : stride[0], : (out[1] - 1) * stride[1] + 1 : stride[1]]
-        return np.reshape(windows.transpose(0, 1, 2, 4, 5, 3), (n * out[0] * out[1], kernel[0] * kernel[1] * c))
+        return library.reshape(windows.transpose(0, 1, 2, 4, 5, 3), (n * out[0] * out[1], kernel[0] * kernel[1] * c))
 
     # ------------------------------------------------------------------ randomness
     def random(self, seed: Seed) -> DeviceRandom:

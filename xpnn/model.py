@@ -815,6 +815,12 @@ def cnn(
     conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
     dropout 0.5; 128->10.
 
+    With ReLU the block pools first and applies ReLU to the pooled values: ``max(relu(x)) == relu(max(x))``
+    exactly, and the gradients are identical too (a window whose maximum is positive sends it to the same
+    first maximum either way; one whose maximum is <= 0 gets none either way), at a quarter of the
+    activation's cost. Other activations keep the order above (saturation could create ties that move the
+    gradient to another element of the window).
+
     Parameters
     ----------
     channels : sequence of int
@@ -855,10 +861,12 @@ def cnn(
         layers.append(conv)
         if batchnorm:
             layers.append(BatchNorm2d(c_out))
-        layers.append(ACTIVATIONS[activation]())
-        if pool > 1:
-            layers.append(MaxPool2d(pool))
-            shape = layers[-1].output_shape(shape)
+        block = [ACTIVATIONS[activation](), MaxPool2d(pool)] if pool > 1 else [ACTIVATIONS[activation]()]
+        if activation == "relu":
+            block.reverse()  # pooled first: the same numbers (see the docstring) on a quarter of the elements
+        for layer in block:
+            shape = layer.output_shape(shape)
+        layers.extend(block)
     layers.append(Flatten())
     dense = [int(np.prod(shape)), *sizes]
     for index, (n_in, n_out) in enumerate(itertools.pairwise(dense)):
