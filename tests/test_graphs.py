@@ -21,23 +21,62 @@ from xpnn.trainer import Trainer
 
 
 def capture_checker():
-    """A torch dispatch mode that refuses what a CUDA graph capture refuses: making a tensor from host data
-    (a host-to-device copy on CUDA, e.g. a Python scalar turned into a tensor) and reading a value back to
-    the host (``item()``, ``bool()``, a synchronisation). On the CPU this is how the capture's rules are
-    checked without a GPU."""
+    """A context that refuses, on the CPU, what a CUDA graph capture refuses on the GPU.
+
+    Refused: making a tensor from host data (a host-to-device copy on CUDA: a Python scalar or a NumPy array
+    turned into a tensor), reading values back to the host (``item()``, ``bool()``, ``numpy()``,
+    ``tolist()``), and operations whose output size depends on the data (they synchronise: ``nonzero``,
+    boolean-mask indexing, ``unique``, ``masked_select``, ``equal``, ``repeat_interleave`` without an output
+    size). Not seen: a copy between devices (everything is on the CPU here).
+    """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    refused = {torch.ops.aten.lift_fresh.default: "a tensor made from host data (a host-to-device copy)",
-               torch.ops.aten._local_scalar_dense.default: "a value read back to the host (a synchronisation)"}
+    aten = torch.ops.aten
+    refused = {
+        aten.lift_fresh.default: "a tensor made from host data (a host-to-device copy)",
+        aten._local_scalar_dense.default: "a value read back to the host (a synchronisation)",
+        aten.nonzero.default: "nonzero (a data-dependent size: a synchronisation)",
+        aten.masked_select.default: "masked_select (a data-dependent size)",
+        aten._unique2.default: "unique (a data-dependent size)",
+        aten.unique_dim.default: "unique (a data-dependent size)",
+        aten.unique_consecutive.default: "unique_consecutive (a data-dependent size)",
+        aten.equal.default: "equal (a host bool: a synchronisation)",
+        aten.repeat_interleave.Tensor: "repeat_interleave (a data-dependent size)",
+    }
 
     class Checker(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in refused:
+            kwargs = kwargs or {}
+            if func in refused and not (func is aten.repeat_interleave.Tensor and kwargs.get("output_size")):
                 raise RuntimeError(f"not allowed during CUDA graph capture: {refused[func]} ({func})")
-            return func(*args, **(kwargs or {}))
+            if func is aten.index.Tensor and any(getattr(i, "dtype", None) == torch.bool for i in args[1]):
+                raise RuntimeError("not allowed during CUDA graph capture: boolean-mask indexing (a data-dependent "
+                                   "size)")
+            return func(*args, **kwargs)
 
-    return Checker()
+    def host_read(*args, **kwargs):
+        raise RuntimeError("not allowed during CUDA graph capture: a tensor read on the host")
+
+    @contextlib.contextmanager
+    def checking():
+        with contextlib.ExitStack() as stack:
+            for name in ("numpy", "tolist", "__array__"):
+                stack.enter_context(_patched(torch.Tensor, name, host_read))
+            stack.enter_context(Checker())
+            yield
+
+    return checking()
+
+
+@contextlib.contextmanager
+def _patched(owner, name, value):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
 
 
 class FakeCapture:
@@ -171,6 +210,33 @@ def test_every_layer_and_loss_runs_under_the_capture_rules(kind):
             assert trainer.graph.replayed == 7  # 10 steps, 3 of them warm-up
     for key, value in results[0].items():
         np.testing.assert_array_equal(results[1][key], value, err_msg=key, strict=True)
+
+
+@pytest.mark.parametrize("name", ["scalar to tensor", "numpy to tensor", "item", "bool", "to_numpy", "tolist",
+                                  "equal", "nonzero", "boolean mask", "unique"])
+def test_the_capture_checker_refuses_what_a_capture_refuses(name):
+    torch = pytest.importorskip("torch")
+    from xpnn.backend import to_numpy
+
+    t = torch.ones(3)
+    operations = {
+        "scalar to tensor": lambda: torch.asarray(0.0), "numpy to tensor": lambda: torch.as_tensor(np.ones(2)),
+        "item": lambda: t.sum().item(), "bool": lambda: bool(t.sum() > 0), "to_numpy": lambda: to_numpy(t),
+        "tolist": lambda: t.tolist(), "equal": lambda: torch.equal(t, t), "nonzero": lambda: torch.nonzero(t),
+        "boolean mask": lambda: t[t > 0], "unique": lambda: torch.unique(t),
+    }
+    with pytest.raises(RuntimeError, match="not allowed during CUDA graph capture"), capture_checker():
+        operations[name]()
+    operations[name]()  # allowed again after
+
+
+def test_the_capture_checker_lets_device_work_through():
+    torch = pytest.importorskip("torch")
+    t, repeats = torch.arange(6.0).reshape(2, 3), torch.ones(3, dtype=torch.int64)
+    with capture_checker():
+        out = torch.maximum(t * 0.5, torch.zeros(())) @ t.T
+        out = out[:, :1] + torch.repeat_interleave(t[0], repeats, output_size=3)[:1]
+    np.testing.assert_array_equal(out.numpy(), [[2.5], [7.0]])
 
 
 def test_a_reload_between_epochs_forces_a_recapture():

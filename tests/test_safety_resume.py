@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line
 from tests.idx import make_dataset
-from xpnn.serialization import write_npz
+from xpnn.serialization import read_npz, write_npz
 
 BASE = ["--epochs", "2", "--batch-size", "50", "--hidden", "16", "--lr", "0.05", "--quiet"]
 
@@ -145,3 +145,26 @@ def test_a_checkpoint_with_bad_settings_is_one_line_naming_the_setting(dataset, 
 def test_a_flag_equal_to_the_default_the_checkpoint_used_is_not_a_change(dataset, checkpoint):
     result = cli("--data-dir", dataset, *BASE, "--init", "he", "--resume", checkpoint)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_cnn_checkpoint_with_relu_before_pooling_still_resumes(dataset, tmp_path):
+    """cnn() used to build Conv2d, ReLU, MaxPool2d blocks; it now pools first (the same numbers). A
+    checkpoint written in the old order resumes: names, shapes and optimizer state are unchanged."""
+    flags = ["--data-dir", dataset, "--model", "cnn", "--batch-size", "30", "--quiet"]
+    new = tmp_path / "new.npz"
+    assert cli(*flags, "--epochs", "1", "--save", new).returncode == 0
+    arrays, header = read_npz(new, "checkpoint")
+    layers = header["config"]["layers"]
+    assert [layer["type"] for layer in layers[:6]] == ["Conv2d", "MaxPool2d", "ReLU"] * 2
+    for i in (1, 4):
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    old = tmp_path / "old.npz"
+    write_npz(old, arrays, header)
+    resumed, reference = tmp_path / "resumed.npz", tmp_path / "reference.npz"
+    result = cli(*flags, "--epochs", "2", "--resume", old, "--save", resumed)
+    assert result.returncode == 0, result.stderr
+    assert cli(*flags, "--epochs", "2", "--resume", new, "--save", reference).returncode == 0
+    got, expected = checkpoint_state(resumed)[0], checkpoint_state(reference)[0]
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)

@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
     """
     with open_npz(path, "checkpoint") as npz:
         header = npz.header
-        if header["config"] != model.config():
+        if _pooled_first(header["config"]) != _pooled_first(model.config()):
             raise FormatError(
                 f"{path}: checkpoint of a different architecture ({_describe(header['config'])}), "
                 f"this run builds {_describe(model.config())}"
@@ -109,6 +109,23 @@ def _check_arrays(path: str | os.PathLike, found: dict[str, tuple[int, ...]], mo
             raise FormatError(f"{path}: unexpected array {name!r}; this model and optimizer have no such state")
         if shape != expected:
             raise FormatError(f"{path}: array {name!r} has shape {shape}, this model needs {expected}")
+
+
+def _pooled_first(config: Any) -> Any:
+    """``config`` with every ReLU that directly precedes a MaxPool2d moved after it.
+
+    The two orders compute the same function and gradients (for finite inputs), and :func:`xpnn.cnn` built
+    ReLU-then-pool blocks before it pooled first, so checkpoints of either order resume in both: the
+    parameter names and shapes are the same.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        return config
+    layers = list(config["layers"])
+    for i in range(len(layers) - 1):
+        following = layers[i + 1]
+        if layers[i] == {"type": "ReLU"} and isinstance(following, dict) and following.get("type") == "MaxPool2d":
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return {**config, "layers": layers}
 
 
 def _describe(config: dict[str, Any]) -> str:

@@ -815,11 +815,12 @@ def cnn(
     conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
     dropout 0.5; 128->10.
 
-    With ReLU the block pools first and applies ReLU to the pooled values: ``max(relu(x)) == relu(max(x))``
-    exactly, and the gradients are identical too (a window whose maximum is positive sends it to the same
-    first maximum either way; one whose maximum is <= 0 gets none either way), at a quarter of the
-    activation's cost. Other activations keep the order above (saturation could create ties that move the
-    gradient to another element of the window).
+    With ReLU the block pools first and applies ReLU to the pooled values: for finite inputs
+    ``max(relu(x)) == relu(max(x))`` exactly, and the gradients are identical too (a window whose maximum
+    is positive sends it to the same first maximum either way; one whose maximum is <= 0 gets none either
+    way), at a quarter of the activation's cost. (A NaN in a window, or torch's sign of a zero result, can
+    differ; neither changes a loss that is finite.) Other activations keep the order above (saturation
+    could create ties that move the gradient to another element of the window).
 
     Parameters
     ----------

@@ -35,6 +35,7 @@ from .data import DATASETS, input_paths, load_dataset
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .files import OutputError, check_outputs, write_file
 from .initializers import _BY_NAME as INITIALIZERS
+from .layers.base import LayerTooLargeError
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
 from .parallel import check_workers
@@ -588,6 +589,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
+    except LayerTooLargeError as error:  # a size flag too large for this machine, found before allocating
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     except MemoryError:
         print(f"{PROG}: error: out of memory; try a smaller --batch-size (or --hidden), or --full-batch off",
               file=sys.stderr)

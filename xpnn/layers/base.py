@@ -14,7 +14,11 @@ import numpy as np
 from ..backend import Backend, Seed, get_backend
 from ..validation import check_bool
 
-__all__ = ["Layer"]
+__all__ = ["Layer", "LayerTooLargeError"]
+
+
+class LayerTooLargeError(MemoryError):
+    """A layer whose parameters and gradients alone exceed the machine's memory (raised before allocating)."""
 
 
 class Layer:
@@ -110,8 +114,9 @@ class Layer:
         count = sum(math.prod(shape) for shape in self.param_shapes().values())
         need = 2 * count * np.dtype(self.backend.dtype_name).itemsize
         if total and need > total:
-            raise MemoryError(f"{self!r}: its parameters and their gradients need {need / 2**30:,.1f} GiB, more than "
-                              f"this machine's {total / 2**30:,.1f} GiB of memory; make the layer smaller")
+            raise LayerTooLargeError(f"{self!r}: its parameters and their gradients need {need / 2**30:,.1f} GiB, "
+                                     f"more than this machine's {total / 2**30:,.1f} GiB of memory; make the layer "
+                                     f"smaller")
 
     def initialize(self, rng: np.random.Generator) -> None:
         """Create ``params``, ``grads`` and ``buffers``; layers without parameters do nothing."""
