@@ -239,6 +239,52 @@ def test_the_capture_checker_lets_device_work_through():
     np.testing.assert_array_equal(out.numpy(), [[2.5], [7.0]])
 
 
+class RecordingCapture(FakeCapture):
+    """Runs the step under the capture checker while recording, as a real capture goes through the Python
+    code (a refused operation raises there, before any parameter changes)."""
+
+    def capture(self, body):
+        self.recorded += 1
+        with capture_checker():
+            body()
+        raise AssertionError("the step above should have been refused")
+
+
+class ScalarReLU(xpnn.layers.ReLU):
+    """A custom layer written with a Python scalar: on torch it copies 0.0 to the device at every call."""
+
+    def _forward(self, x):
+        return self.xp.maximum(x, 0.0)
+
+
+def _scalar_relu_trainer(backend, graph=None):
+    model = xpnn.Sequential([xpnn.layers.Affine(6, 8), ScalarReLU(), xpnn.layers.Affine(8, 3)], backend=backend,
+                            seed=0)
+    optimizer = Adam(model, lr=0.01)
+    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off")
+    if graph is not None:
+        trainer.graph = StepGraph(model, optimizer, RecordingCapture(), fallback=graph == "auto")
+    return trainer
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_after_one_warning():
+    backend = make_backend("torch")
+    eager, fallen_back = _scalar_relu_trainer(backend), _scalar_relu_trainer(backend, "auto")
+    with pytest.warns(UserWarning, match="could not be captured .*host-to-device.*runs eagerly from here") as caught:
+        rows = run(fallen_back)
+    assert len(caught) == 1 and rows == run(eager)
+    graph = fallen_back.graph
+    assert "host-to-device" in graph.failed and graph.replayed == 0 and graph.capture.recorded == 1
+    for key, value in parameters(eager).items():
+        np.testing.assert_array_equal(parameters(fallen_back)[key], value, err_msg=key, strict=True)
+
+
+def test_cuda_graphs_on_raises_where_the_step_cannot_be_captured():
+    trainer = _scalar_relu_trainer(make_backend("torch"), "on")
+    with pytest.raises(RuntimeError, match="not allowed during CUDA graph capture"):
+        run(trainer, epochs=1)
+
+
 def test_a_reload_between_epochs_forces_a_recapture():
     backend = make_backend("numpy")
     trainer = trainer_for(backend, OPTIMIZERS["adamw"], "fake")

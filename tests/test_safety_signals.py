@@ -74,6 +74,22 @@ def test_memory_error_anywhere_is_one_line(dataset, monkeypatch, capsys):
         "python -m xpnn.train: error: out of memory; try a smaller --batch-size (or --hidden), or --full-batch off")
 
 
+def test_library_warnings_are_one_line_from_the_cli(dataset, monkeypatch, capsys):
+    """E.g. a training step that CUDA graphs could not capture: one line, no file name or source line."""
+    import warnings
+
+    fit = cli_module.Trainer.fit
+
+    def warn_then_fit(self, *args, **kwargs):
+        warnings.warn("cuda graphs: a library warning", stacklevel=2)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(cli_module.Trainer, "fit", warn_then_fit)
+    assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["python -m xpnn.train: warning: cuda graphs: a library warning"]
+
+
 @pytest.mark.parametrize("value", ["0", "0.0", "0.00", "0e0", "-0.0"])
 def test_zero_weight_decay_is_accepted_in_any_spelling(dataset, value):
     assert cli("--data-dir", dataset, *FAST, "--epochs", "1", "--weight-decay", value).returncode == 0

@@ -16,6 +16,7 @@ statistics are rebound each step, which a replay would not see), nor steps with 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -76,18 +77,25 @@ class StepGraph:
         Has ``warmup()`` (a context manager) and ``capture(body) -> replay``; :class:`TorchCapture` on CUDA.
     warmup_steps : int
         Eager steps of the full batch size before capturing (the recipe's warm-up; also lazy caches).
+    fallback : bool
+        When recording raises a RuntimeError (a layer that copies host data to the device, or reads a value
+        back, inside its step: capture refuses both), warn once and run every later step eagerly, instead of
+        raising. ``cuda_graphs="auto"`` falls back; ``"on"`` raises.
 
     Attributes
     ----------
     eager, replayed : int
         Steps run eagerly and replayed so far; ``captures`` counts graphs recorded.
+    failed : str or None
+        Why recording failed, once it has (every step is then eager).
     """
 
-    def __init__(self, model: Any, optimizer: Any, capture: Any, warmup_steps: int = 3):
+    def __init__(self, model: Any, optimizer: Any, capture: Any, warmup_steps: int = 3, fallback: bool = False):
         refusal = capture_refusal(model, optimizer)
         if refusal:
             raise ValueError(f"cuda graphs: cannot capture this training step ({refusal}); use --cuda-graphs off")
         self.model, self.optimizer, self.capture, self.warmup_steps = model, optimizer, capture, warmup_steps
+        self.fallback, self.failed = fallback, None
         if not optimizer.capturable:
             optimizer.capturable = True
             optimizer._flat = None  # rebuilt with the learning rate and step count on the device
@@ -105,7 +113,7 @@ class StepGraph:
         optimizer._steps += 1  # the host's count; the device's is advanced inside the (replayed) update
         if self._shape is None:
             self._shape = tuple(x.shape)
-        if tuple(x.shape) != self._shape:
+        if tuple(x.shape) != self._shape or self.failed is not None:
             self.eager += 1
             return self._body(x, targets, labels)
         if self._replay is not None and optimizer.layout() is not self._layout:
@@ -117,7 +125,17 @@ class StepGraph:
             with self.capture.warmup():
                 return self._body(x, targets, labels)
         if self._replay is None:
-            self._record(x, targets, labels)
+            try:
+                self._record(x, targets, labels)
+            except RuntimeError as error:
+                if not self.fallback:
+                    raise
+                self.failed, self._static = (str(error).strip().splitlines() or [type(error).__name__])[0], {}
+                warnings.warn(f"cuda graphs: the training step could not be captured ({self.failed}); it runs "
+                              f"eagerly from here (cuda_graphs='off', --cuda-graphs off, skips the attempt)",
+                              stacklevel=3)
+                self.eager += 1
+                return self._body(x, targets, labels)
         static = self._static
         for name, value in (("x", x), ("targets", targets), ("labels", labels)):
             if value is not None:
@@ -170,4 +188,4 @@ def make_step_graph(mode: str, model: Any, optimizer: Any, comm: Any = None) -> 
         if mode == "on":
             raise ValueError(f"cuda graphs: cannot capture this training step ({refusal}); use --cuda-graphs off")
         return None
-    return StepGraph(model, optimizer, TorchCapture(backend.device))
+    return StepGraph(model, optimizer, TorchCapture(backend.device), fallback=mode == "auto")

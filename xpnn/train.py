@@ -25,6 +25,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -413,6 +414,12 @@ class _EpochEnd(Callback):
                 self.run.metrics_written = True
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """The library's warnings (e.g. a step that could not be captured) as one line, like the CLI's own."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it once the block is done.
@@ -556,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         return 2
     held, usage = io.StringIO(), False
-    with _quiet_unless(comm.is_root, held):
+    with _quiet_unless(comm.is_root, held), warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
         try:
             code = _main(parser, args, argv, comm)
         except SystemExit as error:  # parser.error(): a flag found wrong once the data is known
