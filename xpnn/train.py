@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
              "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
         help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
-             "(no dropout, no batchnorm, one process) (default: auto)")
+             "(no dropout, no batchnorm, one process), eager with a warning if the capture fails "
+             "(default: auto)")
     return parser
 
 

@@ -95,7 +95,8 @@ class Trainer:
         Samples per forward pass when evaluating.
     cuda_graphs : {"auto", "on", "off"}
         Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
-        safe (torch on CUDA, no dropout, no buffers, one process), ``on`` raises where it is not. Same results.
+        safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
+        after one warning), ``on`` raises where it is not. Same results.
     workers : int, default 1
         Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`): 2 on a two-core
         machine trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
