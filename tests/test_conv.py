@@ -27,6 +27,9 @@ CONVS = {
     "5x5-s1-p2": (2, 2, 5, 1, 2, 6, 5),  # the centre offset covers dx: it starts dx instead of zeros
     "1x1-s2-p1": (2, 3, 1, 2, 1, 5, 4),  # padding > kernel - 1: some offsets read only padding
     "2x2-s3-p1": (2, 2, 2, 3, 1, 7, 8),  # stride > kernel: inputs no window reads get zero gradient
+    # One input channel unfolds as one row per kernel offset, with the bias as a row of ones (Conv2d._planar).
+    "1ch-3x3-s2-p1": (1, 3, 3, 2, 1, 7, 6),
+    "1ch-2x3-s1-p(1,0)": (1, 2, (2, 3), 1, (1, 0), 5, 4),
 }
 # (kernel, stride, input H, W): stride defaulting to the kernel, overlapping windows, odd sizes with dropped edges.
 POOLS = {
@@ -59,9 +62,10 @@ def test_conv2d_backward_matches_numerical(backend64, rng, name):
     assert max(errors.values()) < TOLERANCE, errors
 
 
-def test_conv2d_backward_after_an_evaluation_forward(backend64, rng):
+@pytest.mark.parametrize("name", ["3x3-s1-p1", "1ch-3x3-s2-p1"])
+def test_conv2d_backward_after_an_evaluation_forward(backend64, rng, name):
     """Evaluation keeps only the padded input, not the patches; a backward after it unfolds them again."""
-    conv, shape = make_conv("3x3-s1-p1")
+    conv, shape = make_conv(name)
     conv.build(backend64, rng=3)
     conv.forward(backend64.asarray(rng.standard_normal((4, *shape[1:]))), train=False)
     assert conv.cols is None and conv.padded is not None
@@ -69,8 +73,9 @@ def test_conv2d_backward_after_an_evaluation_forward(backend64, rng):
     assert max(errors.values()) < TOLERANCE, errors
 
 
-def test_conv2d_without_bias_backward_matches_numerical(backend64, rng):
-    conv, shape = make_conv("3x2-s2-p0", bias=False)
+@pytest.mark.parametrize("name", ["3x2-s2-p0", "1ch-3x3-s2-p1"])
+def test_conv2d_without_bias_backward_matches_numerical(backend64, rng, name):
+    conv, shape = make_conv(name, bias=False)
     conv.build(backend64, rng=3)
     errors = gradcheck(conv, backend64.asarray(rng.standard_normal(shape)))
     assert set(errors) == {"W", "input"}

@@ -42,7 +42,6 @@ class Affine(Layer):
         self.init, self.std, self.bias = init, std, check_bool("Affine", "bias", bias)
         self._initializer = get_initializer(init, **({} if std is None else {"std": std}))
         self.x: Any = None
-        self._ones_cache: Any = None
 
     def initialize(self, rng: np.random.Generator) -> None:
         be = self.backend
@@ -80,23 +79,13 @@ class Affine(Layer):
         if self.bias:
             # Σ over the batch as ones·dy: a matrix-vector product is several times faster than a sum
             # over axis 0 on CuPy (strided reduction) and on torch's CPU, and no slower on NumPy.
-            self.grads["b"] = self._ones(dy) @ dy
+            self.grads["b"] = self._ones((dy.shape[0],), dy.dtype) @ dy
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """``(n_out,)`` for samples of shape ``(n_in,)``; any other input shape is refused."""
         if tuple(input_shape) != (self.n_in,):
             raise ValueError(f"{self!r}: expects samples of shape ({self.n_in},), got {tuple(input_shape)}")
         return (self.n_out,)
-
-    def to(self, backend: Any) -> Affine:
-        self._ones_cache = None
-        return super().to(backend)
-
-    def _ones(self, dy: Any) -> Any:
-        n = dy.shape[0]
-        if self._ones_cache is None or self._ones_cache.shape[0] != n or self._ones_cache.dtype != dy.dtype:
-            self._ones_cache = self.backend.ones((n,), dtype=dy.dtype)
-        return self._ones_cache
 
     def config(self) -> dict[str, Any]:
         config = {"n_in": self.n_in, "n_out": self.n_out, "init": self.init}

@@ -113,7 +113,6 @@ class Conv2d(Layer):
         self.padded: Any = None
         self.out_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
-        self._ones_cache: Any = None
 
     # ------------------------------------------------------------------ shapes
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -154,10 +153,6 @@ class Conv2d(Layer):
             self.params["b"] = be.zeros((self.out_channels,))
         self.grads = {key: be.zeros(value.shape) for key, value in self.params.items()}
 
-    def to(self, backend: Any) -> Conv2d:
-        self._ones_cache = None
-        return super().to(backend)
-
     # ------------------------------------------------------------------ computation
     def forward(self, x: Any, *, train: bool = False) -> Any:
         self._require_built()
@@ -175,21 +170,45 @@ class Conv2d(Layer):
             padded[:, ph : ph + h, pw : pw + w, :] = x
             x = padded
         kh, kw = self.kernel_size
-        cols = self._unfold(x, (oh, ow))
+        cols = self._patches(x, (oh, ow))
         # Training keeps the patches for backward; evaluation keeps only the (padded) input, from which a
         # backward after it (a gradient check in evaluation mode) unfolds them again, so that evaluating
         # large batches does not leave the largest array of the network behind.
         self.cols, self.padded = (cols, None) if train else (None, x)
         self.W_matrix = xp.reshape(xp.permute_dims(W, (2, 3, 1, 0)), (kh * kw * c, self.out_channels))
         self.input_size, self.out_size = (h, w), (oh, ow)
-        y = cols @ self.W_matrix
-        if self.bias:
-            y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
+        if self._planar:
+            W_rows = self.W_matrix
+            if self.bias:  # the row of ones in cols picks up b
+                W_rows = xp.concat([W_rows, xp.reshape(self.params["b"], (1, self.out_channels))], axis=0)
+            y = xp.matrix_transpose(cols) @ W_rows
+        else:
+            y = cols @ self.W_matrix
+            if self.bias:
+                y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
         return xp.permute_dims(xp.reshape(y, (n, oh, ow, self.out_channels)), (0, 3, 1, 2))
 
-    def _unfold(self, x: Any, out: tuple[int, int]) -> Any:
-        cols = self.backend.unfold_fast(x, self.kernel_size, self.stride, out)
-        return unfold(self.xp, x, self.kernel_size, self.stride, out) if cols is None else cols
+    @property
+    def _planar(self) -> bool:
+        """One input channel (grey images, a first layer): the patches are unfolded as kh·kw rows, one per
+        kernel offset, each a contiguous copy of one shifted view of the image, plus a row of ones when there
+        is a bias. Rows of kh·kw single values (the other layout) copy one value at a time, and the ones row
+        folds the bias into the forward product and its gradient into the weight gradient's, which saves two
+        passes over the layer's largest array: together about 2x faster on NumPy."""
+        return self.in_channels == 1
+
+    def _patches(self, x: Any, out: tuple[int, int]) -> Any:
+        """The patches of a padded channels-last ``x`` (N, H, W, C): (N·oh·ow, kh·kw·C) from :func:`unfold`,
+        or for one channel (:attr:`_planar`) (kh·kw [+ 1], N·oh·ow)."""
+        if not self._planar:
+            cols = self.backend.unfold_fast(x, self.kernel_size, self.stride, out)
+            return unfold(self.xp, x, self.kernel_size, self.stride, out) if cols is None else cols
+        n = x.shape[0]
+        planes = [x[:, window(i, out[0], self.stride[0]), window(j, out[1], self.stride[1]), 0]
+                  for i in range(self.kernel_size[0]) for j in range(self.kernel_size[1])]
+        if self.bias:
+            planes.append(self._ones((n, *out), x.dtype))
+        return self.xp.reshape(self.xp.stack(planes, axis=0), (len(planes), n * out[0] * out[1]))
 
     def backward(self, dy: Any) -> Any:
         xp = self.xp
@@ -231,20 +250,20 @@ class Conv2d(Layer):
 
     def _grads(self, dy_rows: Any) -> None:
         xp = self.xp
-        cols = self.cols if self.cols is not None else self._unfold(self.padded, self.out_size)
+        cols = self.cols if self.cols is not None else self._patches(self.padded, self.out_size)
         self.cols = self.padded = self.W_matrix = None  # backward runs once per forward
         kh, kw = self.kernel_size
-        dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
+        if self._planar:
+            dW = cols @ dy_rows  # (kh·kw [+ 1], out): Σ over rows, the last row (of ones) gives db
+            if self.bias:
+                self.grads["b"] = dW[kh * kw, :]
+                dW = dW[: kh * kw, :]
+        else:
+            dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
+            if self.bias:
+                self.grads["b"] = self._ones((dy_rows.shape[0],), dy_rows.dtype) @ dy_rows  # Σ over rows
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
                                           (3, 2, 0, 1))
-        if self.bias:
-            self.grads["b"] = self._ones(dy_rows) @ dy_rows  # Σ over rows, as a matrix-vector product
-
-    def _ones(self, rows: Any) -> Any:
-        n = rows.shape[0]
-        if self._ones_cache is None or self._ones_cache.shape[0] != n or self._ones_cache.dtype != rows.dtype:
-            self._ones_cache = self.backend.ones((n,), dtype=rows.dtype)
-        return self._ones_cache
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
