@@ -92,7 +92,8 @@ class Conv2d(Layer):
     ``oh = (H + 2·padding - kh) // stride + 1`` (likewise ``ow``).
 
     Internally the patches are unfolded channels-last, so that the forward pass and both gradients are
-    each one large matrix product; the returned ``y`` is a channels-last array viewed as NCHW.
+    each one large matrix product; the returned ``y`` is a channels-last array viewed as NCHW. A single
+    input channel is unfolded one row per kernel offset instead, with the bias inside the products.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -194,7 +195,7 @@ class Conv2d(Layer):
         kernel offset, each a contiguous copy of one shifted view of the image, plus a row of ones when there
         is a bias. Rows of kh·kw single values (the other layout) copy one value at a time, and the ones row
         folds the bias into the forward product and its gradient into the weight gradient's, which saves two
-        passes over the layer's largest array: together about 2x faster on NumPy."""
+        passes over the layer's largest array: together 1.5-1.8x faster on NumPy."""
         return self.in_channels == 1
 
     def _patches(self, x: Any, out: tuple[int, int]) -> Any:
