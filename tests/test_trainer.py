@@ -61,3 +61,28 @@ def test_the_trainer_leaves_the_models_value_checks_as_it_found_them():
     assert model.check_values is True
     with pytest.raises(ValueError, match="NaN"):
         model.predict(model.backend.asarray(np.full((1, 6), np.nan)))
+
+
+@pytest.mark.parametrize(("batch_size", "given", "expected"),
+                         [(32, None, 32), (None, None, 1000), (32, 7, 7), (None, 50, 50)])
+def test_evaluation_batches_follow_the_training_batch_unless_given(batch_size, given, expected):
+    """As Keras's validation_batch_size; full-batch training evaluates 1000 samples at a time."""
+    model = xpnn.mlp([4, 3], seed=0)
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=batch_size, eval_batch_size=given)
+    assert trainer.eval_batch_size == expected
+    seen = []
+    model.layers[0].forward = lambda x, train=False, inner=model.layers[0].forward: (seen.append(x.shape[0]),
+                                                                                    inner(x, train=train))[1]
+    rng = np.random.default_rng(0)
+    data = trainer.device_data(rng.standard_normal((70, 4)).astype(np.float32), rng.integers(0, 3, 70))
+    seen.clear()  # device_data tries one sample through the model
+    trainer.evaluate(data)
+    assert seen == [min(expected, 70 - start) for start in range(0, 70, expected)]
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True, "64"])
+def test_a_bad_evaluation_batch_size_is_refused(value):
+    """A negative step once evaluated nothing and reported zero correct; zero failed inside range()."""
+    model = xpnn.mlp([4, 3], seed=0)
+    with pytest.raises(ValueError, match="Trainer: eval_batch_size must be a positive integer"):
+        Trainer(model, xpnn.optim.SGD(model, lr=0.1), eval_batch_size=value)

@@ -29,6 +29,7 @@ from .model import SHUFFLE_STREAM, Sequential
 from .optim import Optimizer, get_schedule
 from .parallel import ThreadWorkers, check_workers, eval_step, train_step
 from .progress import ProgressBar
+from .validation import check_positive_int
 
 __all__ = ["DeviceData", "DivergenceError", "Trainer", "fit", "format_row", "load_checkpoint", "save_checkpoint"]
 
@@ -91,8 +92,11 @@ class Trainer:
     divergence_factor : float or None
         An epoch whose mean training loss exceeds this many times the loss of the first batch trained is
         treated as diverged, as is any non-finite loss or weight. None checks only for non-finite values.
-    eval_batch_size : int
-        Samples per forward pass when evaluating.
+    eval_batch_size : int, optional
+        Samples per forward pass when evaluating; by default the training ``batch_size`` (as Keras's
+        ``validation_batch_size``), or 1000 when training full batch. Larger evaluation batches need more
+        memory and, for a CNN on the CPU, are slower: the C heap hands arrays of tens of megabytes back to
+        the system after each batch, and every new one is paged in again.
     cuda_graphs : {"auto", "on", "off"}
         Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
         safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
@@ -114,7 +118,7 @@ class Trainer:
 
     def __init__(self, model: Sequential, optimizer: Optimizer, *, batch_size: int | None = 128,
                  schedule: Callable[[int], float] | None = None, seed: int = 0, comm: Any = None,
-                 divergence_factor: float | None = 100.0, eval_batch_size: int = 1000, cuda_graphs: str = "auto",
+                 divergence_factor: float | None = 100.0, eval_batch_size: int | None = None, cuda_graphs: str = "auto",
                  workers: int = 1):
         if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
             raise ValueError(f"Trainer: batch_size must be a positive integer or None, got {batch_size!r}")
@@ -123,7 +127,10 @@ class Trainer:
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.schedule, self.seed = schedule, seed
         self.comm = Local() if comm is None else comm
-        self.divergence_factor, self.eval_batch_size = divergence_factor, eval_batch_size
+        if eval_batch_size is None:
+            eval_batch_size = 1000 if batch_size is None else batch_size
+        self.divergence_factor = divergence_factor
+        self.eval_batch_size = check_positive_int("Trainer", "eval_batch_size", eval_batch_size)
         self.base_lr = optimizer.lr
         self.history = History()
         self.stop_training = False
