@@ -35,6 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, input_paths, load_dataset
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .files import OutputError, check_outputs, write_file
+from .heap import retain_freed_memory
 from .initializers import _BY_NAME as INITIALIZERS
 from .layers.base import LayerTooLargeError
 from .model import ACTIVATIONS, Sequential, mlp
@@ -543,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     :meth:`xpnn.distributed.MPICommunicator.finish`).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    retain_freed_memory()  # a CNN epoch on NumPy otherwise may page its arrays in anew at every step
     parser = build_parser()
     launched = launcher_environment()
     root = launched is None or not launched[0]
