@@ -63,13 +63,24 @@ def test_the_trainer_leaves_the_models_value_checks_as_it_found_them():
         model.predict(model.backend.asarray(np.full((1, 6), np.nan)))
 
 
-@pytest.mark.parametrize(("batch_size", "given", "expected"),
-                         [(32, None, 32), (None, None, 1000), (32, 7, 7), (None, 50, 50)])
-def test_evaluation_batches_follow_the_training_batch_unless_given(batch_size, given, expected):
-    """As Keras's validation_batch_size; full-batch training evaluates 1000 samples at a time."""
+@pytest.mark.parametrize(("sizes", "batch_size", "expected"), [
+    ((784, 100, 10), 128, 1000),  # 3 kB per sample: the cap
+    ((784, 100, 10), None, 1000),  # full batch
+    ((784, 8192, 10), 32, 256),  # 32 kB per sample: 8 MiB of it
+    ((784, 8192, 10), 512, 512),  # never fewer than the training batch, which already fits
+    ("cnn", 128, 128),  # 100 kB per sample after the first convolution: 83 would fit, the training batch does
+])
+def test_evaluation_batches_keep_each_layer_output_under_8_mib(sizes, batch_size, expected):
+    model = xpnn.cnn(seed=0) if sizes == "cnn" else xpnn.mlp(list(sizes), seed=0)
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=batch_size)
+    shape = (1, 28, 28) if sizes == "cnn" else (784,)
+    data = trainer.device_data(np.zeros((2, *shape), np.float32), np.zeros(2, np.int64))
+    assert trainer.evaluation_batch(data) == expected
+
+
+def test_evaluation_runs_in_batches_of_eval_batch_size():
     model = xpnn.mlp([4, 3], seed=0)
-    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=batch_size, eval_batch_size=given)
-    assert trainer.eval_batch_size == expected
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=32, eval_batch_size=7)
     seen = []
     model.layers[0].forward = lambda x, train=False, inner=model.layers[0].forward: (seen.append(x.shape[0]),
                                                                                     inner(x, train=train))[1]
@@ -77,7 +88,7 @@ def test_evaluation_batches_follow_the_training_batch_unless_given(batch_size, g
     data = trainer.device_data(rng.standard_normal((70, 4)).astype(np.float32), rng.integers(0, 3, 70))
     seen.clear()  # device_data tries one sample through the model
     trainer.evaluate(data)
-    assert seen == [min(expected, 70 - start) for start in range(0, 70, expected)]
+    assert seen == [7] * 10
 
 
 @pytest.mark.parametrize("value", [0, -5, 2.5, True, "64"])

@@ -31,6 +31,9 @@ from .parallel import ThreadWorkers, check_workers, eval_step, train_step
 from .progress import ProgressBar
 from .validation import check_positive_int
 
+#: Default bound on the largest layer output of one evaluation pass (see Trainer's ``eval_batch_size``).
+EVAL_BYTES = 8 << 20
+
 __all__ = ["DeviceData", "DivergenceError", "Trainer", "fit", "format_row", "load_checkpoint", "save_checkpoint"]
 
 
@@ -93,10 +96,11 @@ class Trainer:
         An epoch whose mean training loss exceeds this many times the loss of the first batch trained is
         treated as diverged, as is any non-finite loss or weight. None checks only for non-finite values.
     eval_batch_size : int, optional
-        Samples per forward pass when evaluating; by default the training ``batch_size`` (as Keras's
-        ``validation_batch_size``), or 1000 when training full batch. Larger evaluation batches need more
-        memory and, for a CNN on the CPU, are slower: the C heap hands arrays of tens of megabytes back to
-        the system after each batch, and every new one is paged in again.
+        Samples per forward pass when evaluating. By default as many as keep every layer's output under
+        8 MiB per pass, but no fewer than the training batch and no more than 1000: 1000 for an MLP on
+        MNIST, the training batch for :func:`xpnn.cnn`. Larger evaluation batches of a CNN are slower on the
+        CPU (the C heap returns arrays of tens of megabytes to the system after each batch, and pages new
+        ones in) and multiply the peak memory.
     cuda_graphs : {"auto", "on", "off"}
         Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
         safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
@@ -128,10 +132,9 @@ class Trainer:
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.schedule, self.seed = schedule, seed
         self.comm = Local() if comm is None else comm
-        if eval_batch_size is None:
-            eval_batch_size = 1000 if batch_size is None else batch_size
-        self.divergence_factor = divergence_factor
-        self.eval_batch_size = check_positive_int("Trainer", "eval_batch_size", eval_batch_size)
+        if eval_batch_size is not None:
+            eval_batch_size = check_positive_int("Trainer", "eval_batch_size", eval_batch_size)
+        self.divergence_factor, self.eval_batch_size = divergence_factor, eval_batch_size
         self.base_lr = optimizer.lr
         self.history = History()
         self.stop_training = False
@@ -290,8 +293,9 @@ class Trainer:
         checking, model.check_values = model.check_values, False
         with _restore_checks(model, checking), \
                 self.parallel.evaluation() if self.parallel else contextlib.nullcontext():
-            for start in range(lo, hi, self.eval_batch_size):
-                part = data.rows(start, min(start + self.eval_batch_size, hi))
+            step_size = self.evaluation_batch(data)
+            for start in range(lo, hi, step_size):
+                part = data.rows(start, min(start + step_size, hi))
                 truth = part.targets if part.labels is None else part.labels
                 step = self.parallel.evaluate if self.parallel is not None else partial(eval_step, model)
                 loss_sum, hit = step(part.x, part.targets, truth)
@@ -301,6 +305,19 @@ class Trainer:
         if correct is None and metrics.has_accuracy(model.loss_fn):
             correct = xp.zeros((), dtype=xp.int64)
         return total, correct
+
+    def evaluation_batch(self, data: DeviceData) -> int:
+        """Samples per forward pass when evaluating ``data``: ``eval_batch_size``, or the default it describes."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        sample = tuple(data.x.shape[1:])
+        try:
+            largest = max(math.prod(shape) for shape in [sample, *self.model.output_shapes(sample)])
+        except (ValueError, TypeError, NotImplementedError):  # a custom layer that cannot say its shape
+            largest = 0
+        itemsize = self.model.backend.xp.finfo(data.x.dtype).bits // 8
+        fits = EVAL_BYTES // max(1, largest * itemsize) if largest else 1000
+        return max(self.batch_size or 1, min(1000, fits))
 
     def run_epoch(self, data: DeviceData, index: int, evaluations: dict[str, DeviceData] | None = None,
                   progress: bool = False) -> dict[str, Any]:
