@@ -78,8 +78,10 @@ class Affine(Layer):
         self.grads["W"] = self.xp.matrix_transpose(x) @ dy
         if self.bias:
             # Σ over the batch as ones·dy: a matrix-vector product is several times faster than a sum
-            # over axis 0 on CuPy (strided reduction) and on torch's CPU, and no slower on NumPy.
-            self.grads["b"] = self._ones((dy.shape[0],), dy.dtype) @ dy
+            # over axis 0 on CuPy (strided reduction) and on torch's CPU, and no slower on NumPy. The ones
+            # are made anew each step: a captured CUDA graph would keep reading a cached array after a batch
+            # of another size had replaced (and freed) it.
+            self.grads["b"] = self.backend.ones((dy.shape[0],), dtype=dy.dtype) @ dy
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """``(n_out,)`` for samples of shape ``(n_in,)``; any other input shape is refused."""

@@ -131,7 +131,6 @@ class Layer:
             for key, value in store.items():
                 store[key] = backend.asarray(value)
         self.backend, self.xp = backend, backend.xp
-        self._ones_cache = None
         return self
 
     # ------------------------------------------------------------------ computation
@@ -200,14 +199,6 @@ class Layer:
                 f"{type(self).__name__} takes constructor arguments ({listed}) but does not define config(), so a "
                 f"saved model could not rebuild it; add: def config(self): return {{{returned}}}"
             )
-
-    def _ones(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        """An array of ones, kept between calls, for sums done as matrix products (several times faster than a
-        sum over an axis on CuPy and torch's CPU); a new one when the shape or dtype changes."""
-        cached = getattr(self, "_ones_cache", None)
-        if cached is None or tuple(cached.shape) != tuple(shape) or cached.dtype != dtype:
-            cached = self._ones_cache = self.backend.ones(tuple(shape), dtype=dtype)
-        return cached
 
     def _require_built(self) -> None:
         if self.xp is None:

@@ -208,7 +208,7 @@ class Conv2d(Layer):
         planes = [x[:, window(i, out[0], self.stride[0]), window(j, out[1], self.stride[1]), 0]
                   for i in range(self.kernel_size[0]) for j in range(self.kernel_size[1])]
         if self.bias:
-            planes.append(self._ones((n, *out), x.dtype))
+            planes.append(self.backend.ones((n, *out), dtype=x.dtype))
         return self.xp.reshape(self.xp.stack(planes, axis=0), (len(planes), n * out[0] * out[1]))
 
     def backward(self, dy: Any) -> Any:
@@ -262,7 +262,7 @@ class Conv2d(Layer):
         else:
             dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
             if self.bias:
-                self.grads["b"] = self._ones((dy_rows.shape[0],), dy_rows.dtype) @ dy_rows  # Σ over rows
+                self.grads["b"] = self.backend.ones((dy_rows.shape[0],), dtype=dy_rows.dtype) @ dy_rows  # Σ rows
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
                                           (3, 2, 0, 1))
 
