@@ -64,3 +64,12 @@ def backend64(request: pytest.FixtureRequest) -> Backend:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _leave_this_process_heap_alone(monkeypatch):
+    """Tests that call the command line in this process must not change pytest's own malloc settings
+    (xpnn.heap); tests/test_heap.py checks the real thing in fresh processes."""
+    import xpnn.train
+
+    monkeypatch.setattr(xpnn.train, "retain_freed_memory", lambda: False)

@@ -57,3 +57,13 @@ def test_the_command_line_keeps_freed_memory(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--epochs", "0"])
     assert calls == [True]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"trim": 4 << 30}, "trim must be at most 2147483647 bytes"),  # a C int would wrap it to 0: trim always
+    ({"mmap": 0}, "mmap must be a positive integer"),
+    ({"trim": 2.5e8}, "trim must be a positive integer"),
+])
+def test_sizes_a_c_int_cannot_hold_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        xpnn.heap.retain_freed_memory(**kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,28 @@ def test_evaluation_batches_keep_each_layer_output_under_8_mib(sizes, batch_size
     shape = (1, 28, 28) if sizes == "cnn" else (784,)
     data = trainer.device_data(np.zeros((2, *shape), np.float32), np.zeros(2, np.int64))
     assert trainer.evaluation_batch(data) == expected
+
+
+@pytest.mark.parametrize(("ranks", "expected"), [(8, 512), (32, 256)])
+def test_under_mpi_the_evaluation_batch_is_bounded_by_each_ranks_share(ranks, expected):
+    """4096 over 8 ranks trains 512 rows per rank; evaluating 4096 at once took 1.8 GB for 283 MB of training."""
+    model = xpnn.mlp([784, 8192, 10], seed=0)  # 32 kB per sample: 256 fit in 8 MiB
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=4096)
+    data = trainer.device_data(np.zeros((2, 784), np.float32), np.zeros(2, np.int64))
+    trainer.comm = types.SimpleNamespace(size=ranks)  # only its size sets the share
+    assert trainer.evaluation_batch(data) == expected
+
+
+def test_a_layer_that_cannot_say_its_shape_leaves_evaluation_batches_at_1000():
+    model = xpnn.mlp([4, 3], seed=0)
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=32)
+    data = trainer.device_data(np.zeros((2, 4), np.float32), np.zeros(2, np.int64))
+
+    def opaque(input_shape):
+        raise RuntimeError("a custom layer's bug")
+
+    model.layers[0].output_shape = opaque
+    assert trainer.evaluation_batch(data) == 1000
 
 
 def test_evaluation_runs_in_batches_of_eval_batch_size():

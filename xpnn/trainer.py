@@ -97,10 +97,10 @@ class Trainer:
         treated as diverged, as is any non-finite loss or weight. None checks only for non-finite values.
     eval_batch_size : int, optional
         Samples per forward pass when evaluating. By default as many as keep every layer's output under
-        8 MiB per pass, but no fewer than the training batch and no more than 1000: 1000 for an MLP on
-        MNIST, the training batch for :func:`xpnn.cnn`. Larger evaluation batches of a CNN are slower on the
-        CPU (the C heap returns arrays of tens of megabytes to the system after each batch, and pages new
-        ones in) and multiply the peak memory.
+        8 MiB per pass, at most 1000 and at least each process's share of the training batch (which already
+        fits): 1000 for an MLP on MNIST, 128 for :func:`xpnn.cnn` at batch 128. Larger evaluation batches
+        multiply the peak memory, and for a CNN on the CPU are slower too (the C heap returns arrays of tens
+        of megabytes to the system after each batch and pages new ones in).
     cuda_graphs : {"auto", "on", "off"}
         Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
         safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
@@ -313,11 +313,12 @@ class Trainer:
         sample = tuple(data.x.shape[1:])
         try:
             largest = max(math.prod(shape) for shape in [sample, *self.model.output_shapes(sample)])
-        except (ValueError, TypeError, NotImplementedError):  # a custom layer that cannot say its shape
+        except Exception:  # a custom layer whose output_shape fails: only the size estimate is lost
             largest = 0
         itemsize = self.model.backend.xp.finfo(data.x.dtype).bits // 8
         fits = EVAL_BYTES // max(1, largest * itemsize) if largest else 1000
-        return max(self.batch_size or 1, min(1000, fits))
+        share = -(-self.batch_size // self.comm.size) if self.batch_size else 1  # this rank's training rows
+        return max(share, min(1000, fits))
 
     def run_epoch(self, data: DeviceData, index: int, evaluations: dict[str, DeviceData] | None = None,
                   progress: bool = False) -> dict[str, Any]:
