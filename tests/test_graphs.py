@@ -8,6 +8,7 @@ schedules, the partial batch, recapture after a reload) is the real code. The re
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from xpnn.optim import SGD, Adam, Momentum
 from xpnn.trainer import Trainer
 
 
-def capture_checker():
+def capture_checker(watcher=None):
     """A context that refuses, on the CPU, what a CUDA graph capture refuses on the GPU.
 
     Refused: making a tensor from host data (a host-to-device copy on CUDA: a Python scalar or a NumPy array
@@ -53,6 +54,8 @@ def capture_checker():
             if func is aten.index.Tensor and any(getattr(i, "dtype", None) == torch.bool for i in args[1]):
                 raise RuntimeError("not allowed during CUDA graph capture: boolean-mask indexing (a data-dependent "
                                    "size)")
+            if watcher is not None:
+                return watcher.dispatch(func, args, kwargs, lambda: func(*args, **kwargs))
             return func(*args, **kwargs)
 
     def host_read(*args, **kwargs):
@@ -79,11 +82,52 @@ def _patched(owner, name, value):
         setattr(owner, name, saved)
 
 
+class ReadsWatcher:
+    """Remembers the tensors from outside a captured step that the step reads, and fails once one is gone.
+
+    A CUDA graph replays the addresses it was recorded with: if an array made before the capture (a layer's
+    cache, say) is freed later, every replay reads memory that the allocator may have handed out again. The
+    first replay records each operation's inputs that no earlier operation of the step made (as the base
+    tensor, so that views made outside count as their owner); each later replay first checks they are alive.
+    """
+
+    def __init__(self) -> None:
+        self.outside: list[tuple[weakref.ref, str]] = []
+        self.made: set[int] = set()  # ids of the tensors seen so far: made by the step, or recorded as outside
+        self.recording = True
+
+    def dispatch(self, func, args, kwargs, run):
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        if not self.recording:
+            return run()
+        made = self.made
+        for value in tree_flatten((args, kwargs))[0]:
+            if isinstance(value, torch.Tensor):
+                owner = value._base if value._base is not None else value
+                if id(owner) not in made:
+                    made.add(id(owner))
+                    self.outside.append((weakref.ref(owner), f"{tuple(owner.shape)} read by {func}"))
+        result = run()
+        for value in tree_flatten(result)[0]:
+            if isinstance(value, torch.Tensor):
+                made.add(id(value._base if value._base is not None else value))
+        return result
+
+    def check(self) -> None:
+        self.recording = False
+        gone = [what for ref, what in self.outside if ref() is None]
+        if gone:
+            raise RuntimeError(f"a captured step reads tensors freed since it was recorded: {gone}")
+
+
 class FakeCapture:
     """Records the step without running it; the returned replay runs it (the device work of a CUDA graph).
 
     With ``check=True`` (torch) each replay runs under :func:`capture_checker`, so a step that a real
-    capture would refuse fails here too.
+    capture would refuse fails here too, and so does one that reads an array freed since it was recorded
+    (:class:`ReadsWatcher`).
     """
 
     def __init__(self, check: bool = False) -> None:
@@ -101,9 +145,14 @@ class FakeCapture:
         if not self.check:
             return body
 
+        watcher = ReadsWatcher()
+
         def replay():
-            with capture_checker():
+            if not watcher.recording:
+                watcher.check()
+            with capture_checker(watcher):
                 body()
+            watcher.recording = False
 
         return replay
 
@@ -237,6 +286,20 @@ def test_the_capture_checker_lets_device_work_through():
         out = torch.maximum(t * 0.5, torch.zeros(())) @ t.T
         out = out[:, :1] + torch.repeat_interleave(t[0], repeats, output_size=3)[:1]
     np.testing.assert_array_equal(out.numpy(), [[2.5], [7.0]])
+
+
+def test_the_fake_capture_fails_a_step_that_reads_a_freed_cache():
+    """What a layer's cache replaced by a batch of another size (run eagerly) would do to a real graph."""
+    torch = pytest.importorskip("torch")
+    weight, cache = torch.ones(3), {"ones": torch.ones(3)}
+    out = []
+    replay = FakeCapture(check=True).capture(lambda: out.append(weight @ cache["ones"]))
+    replay()  # the recording
+    replay()  # still the same tensors
+    cache["ones"] = torch.ones(2)  # the old one is freed
+    with pytest.raises(RuntimeError, match=r"reads tensors freed since it was recorded: \['\(3,\) read by"):
+        replay()
+    assert len(out) == 2
 
 
 class RecordingCapture(FakeCapture):
