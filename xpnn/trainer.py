@@ -33,6 +33,8 @@ from .validation import check_positive_int
 
 #: Default bound on the largest layer output of one evaluation pass (see Trainer's ``eval_batch_size``).
 EVAL_BYTES = 8 << 20
+#: Default upper bound on the samples of one evaluation pass.
+EVAL_MAX = 1000
 
 __all__ = ["DeviceData", "DivergenceError", "Trainer", "fit", "format_row", "load_checkpoint", "save_checkpoint"]
 
@@ -316,9 +318,9 @@ class Trainer:
         except Exception:  # a custom layer whose output_shape fails: only the size estimate is lost
             largest = 0
         itemsize = self.model.backend.xp.finfo(data.x.dtype).bits // 8
-        fits = EVAL_BYTES // max(1, largest * itemsize) if largest else 1000
+        fits = EVAL_BYTES // (largest * itemsize) if largest else EVAL_MAX
         share = -(-self.batch_size // self.comm.size) if self.batch_size else 1  # this rank's training rows
-        return max(share, min(1000, fits))
+        return max(share, min(EVAL_MAX, fits))
 
     def run_epoch(self, data: DeviceData, index: int, evaluations: dict[str, DeviceData] | None = None,
                   progress: bool = False) -> dict[str, Any]:
