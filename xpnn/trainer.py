@@ -191,6 +191,10 @@ class Trainer:
         labels = None
         if task == "multiclass":
             n_classes = n_out[-1]
+            if y.ndim == 2 and y.shape[1] == 1 and n_classes > 1 and y.dtype.kind in "iu":
+                y = y[:, 0]  # a column of labels, as scikit-learn and Keras' sparse losses accept
+            if y.ndim == 2 and y.dtype.kind in "iub" and y.shape[1:] == (n_classes,) and np.isin(y, (0, 1)).all():
+                y = y.astype(np.float64)  # integer one-hot rows, as Keras' to_categorical can give
             if y.ndim == 1:
                 if y.dtype.kind not in "iu":
                     raise ValueError(f"{what}: class labels must be integers, got dtype {y.dtype}; "
@@ -615,11 +619,15 @@ def _host(a: Any, what: str) -> np.ndarray:
     """A NumPy view of host data; arrays of a device library must be copied by the caller, deliberately."""
     if isinstance(a, np.ndarray):
         return a
-    if isinstance(a, list | tuple) or np.isscalar(a):
-        return np.asarray(a)
     module = type(a).__module__.split(".")[0]
-    if module in ("numpy", "array_api_strict"):
-        return np.asarray(a)
+    if isinstance(a, list | tuple) or np.isscalar(a) or module in ("numpy", "array_api_strict", "pandas"):
+        try:
+            host = np.asarray(a.to_numpy() if module == "pandas" else a)
+        except ValueError as error:  # ragged lists
+            raise ValueError(f"{what}: cannot be made one array ({error}); give rows of equal length") from None
+        if host.dtype == object:
+            raise ValueError(f"{what}: holds {type(a).__name__} items of mixed types or lengths, not numbers")
+        return host
     raise TypeError(f"{what}: fit() takes host data (NumPy arrays or lists), got {type(a).__module__}."
                     f"{type(a).__name__}; copy it to NumPy first (e.g. backend.to_numpy(a))")
 
