@@ -320,3 +320,26 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------- under MPI: rank 0 decides and writes
+def test_two_ranks_refuse_an_existing_save_in_one_line_and_warn_about_the_process_count(tmp_path):
+    from tests.test_distributed import cli_on_ranks
+
+    data = make_dataset(tmp_path / "data")
+    save = tmp_path / "ck.npz"
+    assert cli("--data-dir", data, *FAST, "--save", save).returncode == 0
+    before = save.read_bytes()
+    start = time.monotonic()
+    refused = cli_on_ranks(data, tmp_path / "a", *FAST, "--save", str(save))
+    assert refused.returncode == 2 and time.monotonic() - start < 60
+    ours = [line for line in refused.stderr.splitlines() if line.startswith(("python -m xpnn.train", "[rank"))]
+    assert len(ours) == 1 and "already holds a checkpoint after epoch 2" in ours[0], refused.stderr[-2000:]
+    assert "MPI_ABORT" not in refused.stderr and save.read_bytes() == before
+    resumed = cli_on_ranks(data, tmp_path / "b", *FAST, "--epochs", "3", "--resume", str(save), "--save", str(save))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stderr.count("resuming with 2 processes (the checkpoint was trained with 1 process)") == 1
+    assert json.loads((tmp_path / "b" / "writes-rank1.json").read_text()) == []
+    header = checkpoint_state(save)[1]
+    assert header["epoch"] == 3 and header["settings"]["processes"] == 2
+    assert not lock_path(save).exists()

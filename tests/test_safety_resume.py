@@ -206,3 +206,11 @@ def test_a_cnn_checkpoint_with_relu_before_pooling_still_resumes(dataset, tmp_pa
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_fine_tuning_a_finished_run_without_more_epochs_says_it_would_change_nothing(dataset, checkpoint):
+    result = cli("--data-dir", dataset, *BASE, "--lr", "0.01", "--resume", checkpoint)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"--resume {checkpoint} has trained all 2 epochs, so --lr would change nothing" in line
+    assert "pass --epochs larger than 2" in line

@@ -123,7 +123,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Settings saved in a checkpoint: a resumed run takes them from the checkpoint when the flag is not given,
-# and refuses a different value, which would make the resumed run differ from an uninterrupted one.
+# and refuses a different value, which would make the resumed run differ from an uninterrupted one (except
+# TUNABLE_SETTINGS below).
 # --epochs and --workers may change (with a warning); --device may change (results then agree to float rounding).
 EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
                   "schedule", "seed", "val", "hidden", "activation", "init", "dropout")
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overwrite", action="store_true",
         help="let a new run replace the file at --save, once its first epoch is done (default: off)")
     add("--resume", default=None, metavar="PATH",
-        help="continue from a checkpoint written by --save; flags not given are taken from it (default: none)")
+        help="continue from a checkpoint written by --save; flags not given are taken from it, and --lr, "
+             "--schedule, --batch-size, --weight-decay and --epochs may change to fine-tune it (default: none)")
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
@@ -609,6 +611,16 @@ def _existing_save(args: argparse.Namespace) -> bool:
                    "start over with --overwrite (or delete the file)")
 
 
+def _check_something_to_tune(args: argparse.Namespace, given: set[str], saved: dict[str, Any], done: int) -> None:
+    """Fine-tuning flags on a checkpoint that has trained all its epochs would change nothing: say so."""
+    tuned = [key for key in TUNABLE_SETTINGS
+             if key in given and key in saved and _differs(getattr(args, key), saved[key])]
+    if tuned and done >= args.epochs:
+        flags = " and ".join("--" + key.replace("_", "-") for key in tuned)
+        raise UsageError(f"--resume {args.resume} has trained all {args.epochs} epochs, so {flags} would change "
+                         f"nothing; pass --epochs larger than {done} to fine-tune it")
+
+
 def _refuse(message: str) -> bool:
     raise OutputError(message)
 
@@ -624,6 +636,8 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
         _, header = read_npz(args.resume, "checkpoint")
         saved = check_settings(header.get("settings", {}), args.resume)
     notes = apply_defaults(args, set() if given is None else given, saved)
+    if saved is not None:
+        _check_something_to_tune(args, given or set(), saved, header["epoch"])
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
                   inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
                   allow_same=[("--save", "--resume")])
@@ -649,7 +663,9 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
                                   callbacks=[_EpochEnd(run)], initial_epoch=run.start_epoch,
                                   verbose=not args.quiet, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted in epoch {len(run.trainer.history) + 1}", file=sys.stderr)
+        rows = run.trainer.history
+        done = rows[-1]["epoch"] if len(rows) > run.resumed_rows else run.start_epoch  # resumed rows may be few
+        print(f"\ninterrupted in epoch {done + 1}", file=sys.stderr)
         if args.save and run.saved_epoch is not None:
             print(f"checkpoint after epoch {run.saved_epoch} is in {args.save}; "
                   f"continue with --resume {args.save}", file=sys.stderr)
