@@ -134,7 +134,7 @@ TUNABLE_SETTINGS = ("lr", "schedule", "batch_size", "weight_decay")
 # Why a resumed run cannot change the others, for the message that refuses them.
 _FIXED_BY_CHECKPOINT = {
     **dict.fromkeys(("model", "hidden", "activation", "dropout"), "the checkpoint's weights fit its architecture"),
-    **dict.fromkeys(("dataset", "val"), "its optimizer state and history belong to its training data"),
+    **dict.fromkeys(("dataset", "val"), "its weights and history were trained on that data"),
     **dict.fromkeys(("optimizer", "momentum"), "its optimizer state belongs to its update rule"),
     "full_batch": "its optimizer state belongs to its batch mode",
     "seed": "the shuffles and dropout masks of the epochs left follow its seed",
@@ -611,8 +611,12 @@ def _existing_save(args: argparse.Namespace) -> bool:
                    "start over with --overwrite (or delete the file)")
 
 
-def _check_something_to_tune(args: argparse.Namespace, given: set[str], saved: dict[str, Any], done: int) -> None:
-    """Fine-tuning flags on a checkpoint that has trained all its epochs would change nothing: say so."""
+def _check_epochs_left(args: argparse.Namespace, given: set[str], saved: dict[str, Any], done: int) -> None:
+    """Before any warning: --epochs below what the checkpoint has trained, or fine-tuning flags on a checkpoint
+    that has trained all its epochs (they would change nothing), are refused."""
+    if done > args.epochs:
+        raise UsageError(f"--epochs {args.epochs}: the checkpoint {args.resume} has already trained {done} epochs; "
+                         "pass a larger --epochs to continue")
     tuned = [key for key in TUNABLE_SETTINGS
              if key in given and key in saved and _differs(getattr(args, key), saved[key])]
     if tuned and done >= args.epochs:
@@ -637,7 +641,7 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
         saved = check_settings(header.get("settings", {}), args.resume)
     notes = apply_defaults(args, set() if given is None else given, saved)
     if saved is not None:
-        _check_something_to_tune(args, given or set(), saved, header["epoch"])
+        _check_epochs_left(args, given or set(), saved, header["epoch"])
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
                   inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
                   allow_same=[("--save", "--resume")])
