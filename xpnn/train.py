@@ -639,13 +639,19 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
         saved = check_settings(header.get("settings", {}), args.resume)
-    notes = apply_defaults(args, set() if given is None else given, saved)
-    if saved is not None:
-        _check_epochs_left(args, given or set(), saved, header["epoch"])
+    refused: UsageError | None = None
+    try:
+        notes = apply_defaults(args, set() if given is None else given, saved)
+        if saved is not None:
+            _check_epochs_left(args, given or set(), saved, header["epoch"])
+    except UsageError as error:  # said after the outputs' checks: a --save another run is writing comes first
+        notes, refused = [], error
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
                   inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
                   allow_same=[("--save", "--resume")])
     keep_earlier_save = claim_save(args, comm, cleanup)
+    if refused is not None:
+        raise refused
     for warning in notes:  # once the outputs are accepted: a refused run says only why
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     run = Run(args, saved, comm)
