@@ -290,7 +290,7 @@ def gflops(n: int, batch: int, seconds: float) -> float:
     return epoch_flops(n, batch) / seconds / 1e9 if seconds > 0 and math.isfinite(seconds) else float("nan")
 
 
-# ---------------------------------------------------------------------- the CNN of issue 8
+# ---------------------------------------------------------------------- the CNN of xpnn.cnn()
 # conv 1->32 3x3 pad 1, ReLU, max-pool 2; conv 32->64 3x3 pad 1, ReLU, max-pool 2; 3136->128, ReLU; 128->10.
 CNN_LR = 0.01
 
