@@ -42,6 +42,7 @@ numpydoc_validation_checks: set[str] = set()
 
 html_theme = "furo"
 html_title = f"xpnn {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["xpnn.css"]
 
 suppress_warnings = ["myst.header"]

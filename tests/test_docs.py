@@ -68,17 +68,17 @@ def test_pages_speak_to_users(path):
 def test_the_cli_page_lists_every_flag():
     sys.path.insert(0, str(DOCS / "_ext"))
     try:
-        from xpnn_cli import parser_rst
+        from xpnn_cli import parser_markdown
     finally:
         sys.path.remove(str(DOCS / "_ext"))
     from xpnn.train import build_parser
 
-    text = "\n".join(parser_rst(build_parser()))
+    text = "\n".join(parser_markdown(build_parser()))
     flags = [flag for action in build_parser()._actions for flag in action.option_strings if flag.startswith("--")]
     assert len(flags) > 20
     for flag in flags:
         if flag != "--help":
-            assert f".. option:: {flag}" in text, flag
+            assert f"```{{option}} {flag}" in text, flag
     assert "(default: 128)" in text
 
 
