@@ -196,7 +196,7 @@ def pytorch_compiled_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batc
 
 # ---------------------------------------------------------------------- hand-written NumPy
 def numpy_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
-    """What the seed tutorials write: float32 NumPy, no framework, shuffled minibatches."""
+    """What the classic tutorials write: float32 NumPy, no framework, shuffled minibatches."""
     rng = np.random.default_rng(0)
     weights = [(rng.standard_normal(shape) * np.sqrt(2 / shape[0])).astype(np.float32)
                for shape in itertools.pairwise(SIZES)]

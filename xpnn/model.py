@@ -754,7 +754,7 @@ def mlp(
     activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
         Hidden activation.
     init : str, optional
-        Weight initializer (see :mod:`xpnn.initializers`, including the seeds' ``"fcn_xavier"``); defaults
+        Weight initializer (see :mod:`xpnn.initializers`, including the tutorials' ``"fcn_xavier"``); defaults
         to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
     std : float, optional
         Standard deviation when ``init="normal"`` (default 0.01), >= 0.
