@@ -94,3 +94,20 @@ def test_the_link_checker_finds_broken_links(tmp_path):
                                      '<img src="runs/curve.png">')
     assert broken_links(tmp_path) == ["b.html: c.html (no such file)", "b.html: a.html#nowhere (no anchor #nowhere)",
                                       "b.html: runs/curve.png (no such file)"]
+
+
+def test_cross_references_name_documented_objects():
+    """A {class}`...` or {func}`...` on a page must name an object the API reference documents (Sphinx would
+    otherwise render it as plain text, silently)."""
+    import importlib
+
+    api = {line.strip() for line in (DOCS / "api" / "index.md").read_text().splitlines()}
+    for page in PAGES:
+        for role, target in re.findall(r"\{(class|func|meth|mod)\}`~?([\w.]+)`", page.read_text()):
+            parts = target.split(".")
+            assert parts[0] == "xpnn", f"{page.name}: {target}"
+            obj = importlib.import_module("xpnn")
+            for name in parts[1:]:
+                obj = getattr(obj, name) if hasattr(obj, name) else importlib.import_module(f"{obj.__name__}.{name}")
+            if role in ("class", "func"):
+                assert ".".join(parts[1:]) in api, f"{page.name}: {target} is not in the API reference"
