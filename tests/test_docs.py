@@ -111,3 +111,36 @@ def test_cross_references_name_documented_objects():
                 obj = getattr(obj, name) if hasattr(obj, name) else importlib.import_module(f"{obj.__name__}.{name}")
             if role in ("class", "func"):
                 assert ".".join(parts[1:]) in api, f"{page.name}: {target} is not in the API reference"
+
+
+def test_benchmark_accuracy_table_matches_its_logs():
+    page = DOCS / "benchmarks" / "index.md"
+    rows = [line for line in page.read_text().splitlines() if line.startswith("|") and "[txt](" in line]
+    assert len(rows) == 5
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        log = (page.parent / re.search(r"\[txt\]\(([^)]+)\)", row).group(1)).read_text()
+        epochs, total, accuracy, best, at = re.search(
+            r"done: (\d+) epochs, ([\d.]+) s this run; test accuracy ([\d.]+)% \(best ([\d.]+)% at epoch (\d+)\)",
+            log).groups()
+        assert cells[1:3] == [f"{accuracy} %", f"{best} % ({at})"], row
+        assert float(cells[3]) == pytest.approx(float(total) / int(epochs), abs=0.05), row
+
+
+def test_every_documented_command_line_parses():
+    """Each ``python -m xpnn.train ...`` in a bash block of the pages uses flags the parser accepts."""
+    import shlex
+
+    from xpnn.train import build_parser
+
+    found = 0
+    for page in [*PAGES, ROOT / "CONTRIBUTING.md"]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                if "python -m xpnn.train" not in line:
+                    continue
+                argv = [arg for arg in shlex.split(line.split("python -m xpnn.train", 1)[1], comments=True)
+                        if arg != "..."]
+                build_parser().parse_args(argv)  # exits, failing the test, on an unknown flag or value
+                found += 1
+    assert found >= 15
