@@ -1,4 +1,4 @@
-"""Issue 7, class 1: outputs never damage what a path points at (and class 7: a full disk names the path).
+"""Outputs never damage what a path points at (and a full disk names the path).
 
 The library's one writer (xpnn.files.write_file) and the command line's preflight (check_outputs), against
 devices, FIFOs, sockets, directories, symlinks, hard links, inputs of the same run and killed writers.

@@ -150,7 +150,7 @@ class Backend:
         """Whether a whole training step can be captured as a CUDA graph and replayed (torch on CUDA only).
 
         CuPy refuses cuBLAS calls under stream capture (cupy/cupy#6290), so a step with matrix products
-        cannot be captured there; see ``docs/gpu-speed.md``.
+        cannot be captured there; see ``docs/benchmarks/gpu.md``.
         """
         return self._library == "torch" and getattr(self.device, "type", None) == "cuda"
 

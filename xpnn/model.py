@@ -754,7 +754,7 @@ def mlp(
     activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
         Hidden activation.
     init : str, optional
-        Weight initializer (see :mod:`xpnn.initializers`, including the seeds' ``"fcn_xavier"``); defaults
+        Weight initializer (see :mod:`xpnn.initializers`, including the tutorials' ``"fcn_xavier"``); defaults
         to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
     std : float, optional
         Standard deviation when ``init="normal"`` (default 0.01), >= 0.
@@ -811,7 +811,7 @@ def cnn(
 
     Each block is Conv2d (``kernel_size``, stride 1, padding that keeps the size for odd kernels),
     optionally BatchNorm2d, the activation and MaxPool2d(``pool``); then Flatten and Affine layers with
-    the activation (and dropout) between them. The defaults build the two-conv network of issue 8:
+    the activation (and dropout) between them. The defaults build the two-conv network that ``--model cnn`` trains:
     conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
     dropout 0.5; 128->10.
 

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         return f"(default: {mlp_d[key]}; with --model cnn: {cnn_d[key]})"
 
     add("--model", default="mlp", choices=MODELS,
-        help="mlp: the seeds' multilayer perceptron on (N, 784); cnn: two conv layers on (N, 1, 28, 28) "
+        help="mlp: a multilayer perceptron on (N, 784); cnn: two conv layers on (N, 1, 28, 28) "
              "(default: mlp)")
     add("--device", default="cpu", help="cpu, gpu, cuda:N, torch or torch:cuda (default: cpu)")
     add("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset to train on (default: mnist)")

@@ -24,7 +24,7 @@ class Affine(Layer):
         Weight initializer name (see :mod:`xpnn.initializers`): ``"he"``, ``"xavier"``, ``"normal"``,
         ``"uniform"``.
     std : float, optional
-        Standard deviation for ``init="normal"`` (the seeds use 0.01).
+        Standard deviation for ``init="normal"`` (the classic tutorials use 0.01).
     bias : bool
         Whether to learn a bias.
 

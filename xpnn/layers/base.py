@@ -28,7 +28,7 @@ class Layer:
     state that is saved but not trained (BatchNorm's running statistics). Optimizers replace entries of
     ``params`` with new arrays rather than writing into them, so immutable array libraries work too.
 
-    Writing a layer (the whole contract; ``docs/custom_layer.md`` has a complete example):
+    Writing a layer (the whole contract; ``docs/user_guide/custom_layers.md`` has a complete example):
 
     - ``__init__`` calls ``super().__init__()`` first, then stores its (checked) arguments. No arrays yet:
       the layer does not know its backend until it is built.
