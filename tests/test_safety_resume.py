@@ -42,7 +42,6 @@ def checkpoint(dataset, tmp_path_factory):
         (["--full-batch"], "--full-batch (on) differs from the checkpoint's (off)"),
         (["--model", "cnn"], "--model cnn differs from the checkpoint's mlp"),
         (["--init", "xavier"], "--init xavier differs from the checkpoint's he"),
-        (["--momentum", "0.5"], "--momentum 0.5 differs from the checkpoint's 0.9"),
         (["--dataset", "fashion-mnist"], "--dataset fashion-mnist differs from the checkpoint's mnist"),
         (["--seed=2"], "--seed 2 differs from the checkpoint's 1"),
         (["--lr", "0.2", "--hidden", "8"], "--hidden 8 differs from the checkpoint's 16"),
@@ -214,3 +213,31 @@ def test_fine_tuning_a_finished_run_without_more_epochs_says_it_would_change_not
     line = one_error_line(result)
     assert f"--resume {checkpoint} has trained all 2 epochs, so --lr would change nothing" in line
     assert "pass --epochs larger than 2" in line
+
+
+def test_momentum_on_a_checkpoint_without_it_is_refused_as_having_no_effect(dataset, checkpoint):
+    result = cli("--data-dir", dataset, *BASE, "--momentum", "0.5", "--resume", checkpoint)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "adam would ignore it: drop --momentum" in line and "differs" not in line
+
+
+def test_a_refused_resume_prints_no_warning_before_its_error(dataset, checkpoint, tmp_path):
+    """--epochs 5 would warn; the data check that refuses the run comes alone."""
+    other = make_dataset(tmp_path / "other", seed=7)
+    result = cli("--data-dir", other, *BASE, "--epochs", "5", "--resume", checkpoint)
+    assert result.returncode == 2
+    assert "trained on other data" in one_error_line(result)
+
+
+@pytest.mark.parametrize(("key", "value"), [("processes", -3), ("processes", "2"), ("device", "x" * 1000),
+                                            ("device", ""), ("device", 5)])
+def test_a_crafted_machine_setting_is_refused_in_one_short_line(dataset, checkpoint, tmp_path, key, value):
+    arrays, header = checkpoint_state(checkpoint)
+    header["settings"][key] = value
+    crafted = tmp_path / "crafted.npz"
+    write_npz(crafted, arrays, header)
+    result = cli("--data-dir", dataset, *BASE, "--resume", crafted)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"the checkpoint's setting '{key}'" in line and len(line) < 300

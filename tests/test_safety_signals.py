@@ -135,6 +135,12 @@ def test_torch_cuda_without_cuda_is_one_line_and_exit_2(dataset):
         (["--device", "foo"], "--device: unknown device 'foo'"),
         (["--model", "cnn", "--hidden", "8"], "--hidden sets the MLP's layers"),
         (["--cuda-graphs", "on"], "cuda"),
+        (["--momentum", "0.5"], "--momentum is the coefficient of --optimizer momentum, and adam would ignore it"),
+        (["--optimizer", "sgd", "--momentum", "0.5"], "and sgd would ignore it: add --optimizer momentum"),
+        (["--full-batch", "--batch-size", "5"], "--full-batch takes the whole training set in every step, so "
+                                                 "--batch-size 5 would be ignored"),
+        (["--resume", ""], "--resume: empty path"),
+        (["--data-dir", ""], "--data-dir: empty path"),
     ],
 )
 def test_flags_found_wrong_after_parsing_exit_2_with_one_line(dataset, flags, message):
@@ -179,3 +185,9 @@ def test_a_layer_too_large_for_the_machine_is_a_flag_error_naming_it(dataset, hi
     line = one_error_line(result)
     assert f"Affine(n_in=64, n_out={hidden}" in line and "make the layer smaller" in line
     assert "--batch-size" not in line
+
+
+def test_momentum_and_full_batch_alone_still_train(dataset):
+    momentum = ["--optimizer", "momentum", "--momentum", "0.5"]
+    assert cli("--data-dir", dataset, *FAST, "--epochs", "1", *momentum).returncode == 0
+    assert cli("--data-dir", dataset, "--hidden", "16", "--quiet", "--epochs", "1", "--full-batch").returncode == 0

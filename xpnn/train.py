@@ -222,6 +222,8 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             if key not in given:
                 setattr(args, key, saved[key])
             elif _differs(getattr(args, key), saved[key]):
+                if key == "momentum" and saved.get("optimizer") != "momentum":
+                    continue  # the checkpoint's optimizer has no momentum: refused below, naming the real problem
                 if key in TUNABLE_SETTINGS:
                     tuned.append(f"{flag} {_show(getattr(args, key))} (checkpoint: {_show(saved[key])})")
                     continue
@@ -236,6 +238,14 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             setattr(args, key, value)
     if args.init is None:
         args.init = default_init(args.activation)
+    if "momentum" in given and args.optimizer != "momentum":
+        fix = ("drop --momentum to continue the checkpoint's run" if saved is not None
+               else "add --optimizer momentum (SGD with momentum) or drop --momentum")
+        raise UsageError(f"--momentum is the coefficient of --optimizer momentum, and {args.optimizer} would ignore "
+                         f"it: {fix}")
+    if args.full_batch and "batch_size" in given:
+        raise UsageError(f"--full-batch takes the whole training set in every step, so --batch-size "
+                         f"{args.batch_size} would be ignored: drop one of them")
     if args.model == "cnn" and "hidden" in given:
         raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
                          "drop --hidden or use --model mlp")
@@ -305,13 +315,18 @@ def check_settings(saved: Any, path: str) -> dict[str, Any]:
                                                  for v in value)
         elif key == "init" and value is None:
             ok = True
+        elif key == "device":  # a kind of device, as device_kind() writes it
+            ok = isinstance(value, str) and 0 < len(value) <= 40 and value.isprintable()
+        elif key == "processes":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         elif key in actions:
             ok = _accepted(actions[key], value)
         else:
             continue  # a setting of another xpnn version that this one does not use
         if not ok:
-            raise FormatError(f"{path}: the checkpoint's setting {key!r} = {value!r} is not a valid "
-                              f"--{key.replace('_', '-')}")
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            what = {"device": "device kind", "processes": "process count"}.get(key, "--" + key.replace("_", "-"))
+            raise FormatError(f"{path}: the checkpoint's setting {key!r} = {shown} is not a valid {what}")
     return saved
 
 
@@ -635,6 +650,10 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError('--plot needs matplotlib; install it with pip install "xpnn[plot]"') from None
+    for flag, path in (("--resume", args.resume), ("--data-dir", args.data_dir)):
+        if path == "":
+            raise UsageError(f"{flag}: empty path; give a {'checkpoint file' if flag == '--resume' else 'folder'} "
+                             "or drop the flag")
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
@@ -652,9 +671,9 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
     keep_earlier_save = claim_save(args, comm, cleanup)
     if refused is not None:
         raise refused
-    for warning in notes:  # once the outputs are accepted: a refused run says only why
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     run = Run(args, saved, comm)
+    for warning in notes:  # once the outputs, data and model are accepted: a refused run says only why
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if (note := run.machine_warning(saved)) and run.comm.is_root:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.resume:
