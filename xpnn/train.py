@@ -503,21 +503,48 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's notice, ``docker stop``), ended like a Ctrl-C: exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (one process only: under MPI the
+    launcher ends every rank at once, and a rank leaving a collective on its own would hang the others)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it once the block is done.
+    """Hold a Ctrl-C (SIGINT), or a SIGTERM turned into one, that arrives inside the block and raise it once the
+    block is done.
 
     So the files on disk and what the run reports about them always agree.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *frame: received.append(frame))
+    received: list[int] = []
+    held = [signal.SIGINT] + ([signal.SIGTERM] if signal.getsignal(signal.SIGTERM) is _on_sigterm else [])
+    previous = {number: signal.signal(number, lambda number, frame: received.append(number)) for number in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if signal.SIGTERM in received:
+        raise Terminated
     if received:
         raise KeyboardInterrupt
 
@@ -691,14 +718,15 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
         history = run.trainer.fit(run.inputs(data.x_train), data.y_train, epochs=args.epochs, eval_sets=eval_sets,
                                   callbacks=[_EpochEnd(run)], initial_epoch=run.start_epoch,
                                   verbose=not args.quiet, progress=not args.quiet)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         rows = run.trainer.history
         done = rows[-1]["epoch"] if len(rows) > run.resumed_rows else run.start_epoch  # resumed rows may be few
-        print(f"\ninterrupted in epoch {done + 1}", file=sys.stderr)
+        terminated = isinstance(interrupt, Terminated)
+        print(f"\n{'terminated' if terminated else 'interrupted'} in epoch {done + 1}", file=sys.stderr)
         if args.save and run.saved_epoch is not None:
             print(f"checkpoint after epoch {run.saved_epoch} is in {args.save}; "
                   f"continue with --resume {args.save}", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
     except DivergenceError as error:
         smaller = f"--lr {args.lr / 10:g}"
         if args.save and run.saved_epoch is not None:
@@ -763,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         return 2
     held, usage = io.StringIO(), False
-    with _quiet_unless(comm.is_root, held), warnings.catch_warnings():
+    with _quiet_unless(comm.is_root, held), warnings.catch_warnings(), _sigterm_as_interrupt(comm.size == 1):
         warnings.showwarning = _one_line_warning
         try:
             code = _main(parser, args, argv, comm)
@@ -794,9 +822,10 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[
     except BackendError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"\n{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except LayerTooLargeError as error:  # a size flag too large for this machine, found before allocating
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
