@@ -436,3 +436,35 @@ def test_optimizer_follows_its_model_across_to(backend, kind):
     expected, moved = run(False), run(True)
     for name in expected:
         np.testing.assert_allclose(moved[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("factor", [-1.0, float("nan"), float("inf"), "x", None, True])
+def test_a_schedule_that_gives_no_usable_factor_is_refused_naming_the_epoch(factor):
+    """A negative factor would climb the loss, a NaN would read as a divergence, a string fail deep inside."""
+    model = xpnn.mlp([4, 3], seed=0)
+    x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
+    with pytest.raises(ValueError, match=r"fit: schedule\(0\) returned .*; a schedule gives each 0-based epoch a "
+                                         "finite learning-rate factor >= 0"):
+        xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, epochs=1, schedule=lambda epoch: factor, verbose=False)
+
+
+def test_a_schedule_of_numpy_numbers_and_zero_is_accepted():
+    model = xpnn.mlp([4, 3], seed=0)
+    x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
+    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, epochs=2, verbose=False,
+                       schedule=lambda epoch: np.float32(0.5) if epoch == 0 else 0)
+    assert [row["lr"] for row in history] == [0.05, 0.0]
+
+
+def test_gradcheck_of_an_unbuilt_layer_or_another_object_says_what_to_do():
+    with pytest.raises(ValueError, match=r"has no parameters yet; build it first"):
+        xpnn.gradcheck(xpnn.Affine(3, 2), np.ones((2, 3)))
+    with pytest.raises(TypeError, match="gradcheck: expected a Layer, Loss or Sequential, got str"):
+        xpnn.gradcheck("model", np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("state", [None, [("0.W", np.ones(2))], 3])
+def test_load_state_dict_of_something_other_than_a_dict_is_a_type_error(state):
+    model = xpnn.mlp([4, 3], seed=0)
+    with pytest.raises(TypeError, match="state: expected a dict of name -> array"):
+        model.load_state_dict(state)
