@@ -239,7 +239,6 @@ class Trainer:
             raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(index)
-        entropy = (index,) if comm.size == 1 else (index, comm.rank)
         order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
             order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
@@ -247,17 +246,19 @@ class Trainer:
                 data, order = data.take(order), None
         losses, hits, sizes = [], [], []
         checking, model.check_values = model.check_values, False  # the data was checked once, up front
-        if self.parallel is None:
-            model.reseed(*entropy)
         with _restore_checks(model, checking), \
-                self.parallel.epoch(*entropy) if self.parallel else contextlib.nullcontext(), \
+                self.parallel.epoch() if self.parallel else contextlib.nullcontext(), \
                 ProgressBar(math.ceil(n / batch), f"epoch {index + 1}", unit="batches", enabled=progress) as bar:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 lo, hi = comm.shard(start, stop)
+                first = lo - start  # this rank's first row in the global batch: its part of dropout's masks
                 if self.full_batch_of is not None:  # full batch, sharded: this rank holds only its rows
+                    first = comm.shard(0, self.full_batch_of)[0]
                     lo, hi, stop = 0, n, self.full_batch_of
                 if hi == lo:  # a last batch smaller than the number of ranks leaves some ranks nothing
+                    for layer in model.layers:
+                        layer.advance()  # Dropout counts the step, as on the ranks that trained it
                     comm.allreduce_gradients(model, 0, stop - start)
                     self.optimizer.step()
                     bar.update()
@@ -273,7 +274,7 @@ class Trainer:
                     continue
                 truth = part.targets if part.labels is None else part.labels
                 step = self.parallel.step if self.parallel is not None else partial(train_step, model)
-                loss, hit = step(part.x, part.targets, truth)
+                loss, hit = step(part.x, part.targets, truth, first)
                 comm.allreduce_gradients(model, hi - lo, stop - start)
                 self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
