@@ -772,13 +772,17 @@ def test_a_cupy_capture_that_fails_leaves_capture_mode_and_the_routing():
 
 def test_cupy_is_refused_without_nvmath_and_chosen_with_it(monkeypatch):
     cupy_like = types.SimpleNamespace(graphs=True, _library="cupy", name="cupy:0")
-    real = graphs_module.importlib.util.find_spec
-    monkeypatch.setattr(graphs_module.importlib.util, "find_spec",
-                        lambda name, *args: None if name == "nvmath" else real(name, *args))
-    assert "nvmath-python, which is not installed; pip install 'xpnn[gpu]'" in device_refusal(cupy_like)
-    monkeypatch.setattr(graphs_module.importlib.util, "find_spec", lambda name, *args: object())
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'nvmath'")
+
+    monkeypatch.setattr(graphs_module, "_nvmath_cublas", missing)
+    assert device_refusal(cupy_like) == ("CuPy captures its matrix products through nvmath-python, which cannot be "
+                                         "imported (ModuleNotFoundError: No module named 'nvmath'); pip install "
+                                         "'xpnn[gpu]'")
+    monkeypatch.setattr(graphs_module, "_nvmath_cublas", lambda: FakeBlas())
     assert device_refusal(cupy_like) is None
-    assert "cannot capture" in device_refusal(xpnn.get_backend("cpu"))
+    assert "cannot capture; it needs torch on CUDA or CuPy" in device_refusal(xpnn.get_backend("cpu"))
 
 
 def test_auto_warns_once_when_a_gpu_step_stays_eager(monkeypatch):

@@ -25,7 +25,6 @@ in place.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -54,10 +53,20 @@ def device_refusal(backend: Any) -> str | None:
     """Why steps on ``backend`` cannot be captured at all, or None (torch on CUDA; CuPy with nvmath-python)."""
     if not backend.graphs:
         return f"the {backend.name} backend cannot capture; it needs torch on CUDA or CuPy"
-    if backend._library == "cupy" and importlib.util.find_spec("nvmath") is None:
-        return ("CuPy captures its matrix products through nvmath-python, which is not installed; "
-                "pip install 'xpnn[gpu]'")
+    if backend._library == "cupy":
+        try:
+            _nvmath_cublas()
+        except ImportError as error:
+            return (f"CuPy captures its matrix products through nvmath-python, which cannot be imported "
+                    f"({type(error).__name__}: {error}); pip install 'xpnn[gpu]'")
     return None
+
+
+def _nvmath_cublas() -> Any:
+    """nvmath-python's cuBLAS binding (ImportError where it is missing or cannot load its libraries)."""
+    from nvmath.bindings import cublas
+
+    return cublas
 
 
 def rebound_buffers(model: Any, before: list[tuple[int, str, int]]) -> str | None:
@@ -148,7 +157,7 @@ class CublasRoute:
         if cupy is None:
             import cupy
         if blas is None:
-            from nvmath.bindings import cublas as blas
+            blas = _nvmath_cublas()
         self.cupy, self.blas, self.backend = cupy, blas, backend
         with backend.device:
             self.handle = blas.create()

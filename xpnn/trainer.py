@@ -104,13 +104,14 @@ class Trainer:
         multiply the peak memory, and for a CNN on the CPU are slower too (the C heap returns arrays of tens
         of megabytes to the system after each batch and pages new ones in).
     cuda_graphs : {"auto", "on", "off"}
-        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
-        safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
-        after one warning), ``on`` raises where it is not. Same results.
+        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` wherever it can
+        (torch on CUDA, or CuPy with nvmath-python; one process; dropout and BatchNorm included), with one
+        warning where a GPU step stays eager and after one warning if recording fails; ``on`` raises where it
+        cannot. Same results as eager steps (matrix products may round differently on CuPy).
     workers : int, default 1
         Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`): 2 on a two-core
-        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
-        BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
+        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding and dropout's masks are
+        the same; BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
         1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
         threadpoolctl (``pip install 'xpnn[threads]'``). A script that trains on NumPy may also want
         :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
@@ -226,7 +227,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, data: DeviceData, index: int, progress: bool = False) -> dict[str, Any]:
-        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds shuffle and dropout).
+        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds the shuffle).
 
         Returns this rank's sums as device arrays (nothing is read back): ``loss`` (Σ batch loss × batch
         size), ``correct`` (or None), ``first`` (the first batch's loss × its size), ``first_n``, ``n``.
