@@ -54,7 +54,8 @@ def test_epoch_lines_are_readable(dataset, capsys):
 
 def test_full_batch_learns(dataset, tmp_path):
     metrics = tmp_path / "m.jsonl"
-    flags = ["--data-dir", str(dataset), "--full-batch", "--epochs", "30", "--lr", "0.5", "--hidden", "16", "--quiet"]
+    # lr 0.05: Adam at 0.5 diverges from epoch 9 here without dropout, and passed only with lucky masks
+    flags = ["--data-dir", str(dataset), "--full-batch", "--epochs", "30", "--lr", "0.05", "--hidden", "16", "--quiet"]
     assert cli.main([*flags, "--metrics", str(metrics)]) == 0
     rows = read_metrics(metrics)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 3

@@ -165,7 +165,7 @@ class MPICommunicator(Local):
                 difference = _first_difference(layouts[0], other)
                 raise DistributedError(f"rank {rank} built a different model than rank 0 ({difference}); "
                                        "start every rank with the same flags")
-        host = {name: np.ascontiguousarray(to_numpy(value)) for name, value in state.items()}
+        host = {name: np.asarray(to_numpy(value), order="C") for name, value in state.items()}  # 0-d stays 0-d
         for value in host.values():
             self.comm.Bcast(value, root=0)
         model.load_state_dict(host, source="rank 0's parameters")

@@ -128,7 +128,7 @@ class Sequential:
         init_rng = np.random.default_rng(np.random.SeedSequence([self.seed, INIT_STREAM]))
         for layer in self.layers:
             layer.build(self.backend, init_rng)
-        self.reseed(self.seed)
+        self.reseed()
 
     @property
     def check_values(self) -> bool:
@@ -446,8 +446,10 @@ class Sequential:
             Naming the missing or unexpected keys (strict only), or a key whose value is not a floating
             array of the model's shape (always).
         """
-        expected = {name: tuple(value.shape) for name, value in self.state_dict().items()}
-        missing = sorted(set(expected) - set(state))
+        own = self.state_dict()
+        expected = {name: tuple(value.shape) for name, value in own.items()}
+        optional = self._optional_keys()
+        missing = sorted(set(expected) - set(state) - optional)
         unexpected = sorted(set(state) - set(expected))
         if strict and (missing or unexpected):
             raise FormatError(
@@ -465,14 +467,23 @@ class Sequential:
                     f"{source}: parameter {name!r} has shape {tuple(value.shape)}, the model expects {shape}"
                 )
             host[name] = np.asarray(to_numpy(value))
-            if host[name].dtype.kind != "f":
+            integer = own[name].dtype in (self.backend.xp.int64, self.backend.xp.int32)  # a counter or key
+            if integer and host[name].dtype.kind not in "iu":
+                raise FormatError(f"{source}: {name!r} has dtype {host[name].dtype}, expected integers")
+            if not integer and host[name].dtype.kind != "f":
                 raise FormatError(f"{source}: {name!r} has dtype {host[name].dtype}, expected floating point")
         for index, layer in enumerate(self.layers):
             for store in (layer.params, layer.buffers):
                 for key in store:
                     if f"{index}.{key}" in host:
-                        store[key] = self.backend.asarray(host[f"{index}.{key}"])
+                        value = host[f"{index}.{key}"]
+                        store[key] = self.backend.asarray(value, dtype=store[key].dtype if value.dtype.kind in "iu"
+                                                          else None)
         return IncompatibleKeys(missing, unexpected)
+
+    def _optional_keys(self) -> set[str]:
+        """Buffers that files written before their layer had them lack (Dropout's seed and step)."""
+        return {f"{index}.{key}" for index, layer in enumerate(self.layers) for key in layer.optional_buffers}
 
     @property
     def n_parameters(self) -> int:
@@ -485,7 +496,11 @@ class Sequential:
         return sum(_size(value.shape) for value in self.named_parameters(trainable_only=True).values())
 
     def reseed(self, *entropy: int) -> None:
-        """Restart dropout's random streams from ``(seed, *entropy)``; the trainer passes the epoch."""
+        """Restart every random stream from ``(seed, *entropy, layer index)``: Dropout's masks begin again
+        from step 0 (as when the model was made, with no entropy), e.g. to repeat a mask in a gradient check.
+
+        Training never calls it: Dropout's masks follow its step count, saved with the model, so a resumed
+        run, another device or another number of workers or MPI ranks continue with the same masks."""
         for index, layer in enumerate(self.layers):
             layer.reseed([self.seed, DROPOUT_STREAM, *entropy, index])
 
@@ -498,7 +513,6 @@ class Sequential:
         for layer in self.layers:
             layer.to(self.backend)
         self._pending_backward = False
-        self.reseed(self.seed)
         return self
 
     # ------------------------------------------------------------------ description

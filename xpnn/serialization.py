@@ -5,7 +5,7 @@ A file is untrusted until proven otherwise. :func:`open_npz` checks, before any 
 - the zip structure: no duplicate or encrypted members, only stored or deflated members, compressed sizes
   that fit in the file, and uncompressed sizes deflate could really produce from them (at most 1032:1),
   so a 3 KB file cannot claim gigabytes;
-- each member's ``.npy`` header (at most 10 KB): a plain floating-point dtype, and a shape whose byte
+- each member's ``.npy`` header (at most 10 KB): a plain floating-point or integer dtype, and a shape whose byte
   count is exactly what the zip entry holds;
 - the JSON header (at most 16 MiB) against a small schema per kind: the type of every field, non-negative
   counts, nesting at most a few levels deep.
@@ -182,9 +182,9 @@ def _npy_layout(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
     except _ZIP_ERRORS as error:
         raise FormatError(f"{path}: member {name!r} is not a readable .npy array ({type(error).__name__}: "
                           f"{error})") from None
-    wanted = "U" if name == _HEADER else "f"
-    if dtype.kind != wanted or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        expected = "a text header" if name == _HEADER else "floating-point numbers"
+    wanted = "U" if name == _HEADER else "fi"  # integers: counters such as Dropout's step
+    if dtype.kind not in wanted or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        expected = "a text header" if name == _HEADER else "floating-point numbers or integers"
         raise FormatError(f"{path}: member {name!r} has dtype {dtype}; expected {expected}")
     if not all(isinstance(n, int) and n >= 0 for n in shape):
         raise FormatError(f"{path}: member {name!r} has an invalid shape {shape}")

@@ -192,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
              "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
-        help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
-             "(no dropout, no batchnorm, one process), eager with a warning if the capture fails "
-             "(default: auto)")
+        help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python, "
+             "in xpnn[gpu]); auto: on gpu and torch:cuda wherever it can, eager with one warning line where it "
+             "cannot (several MPI ranks); on: exit with an error instead (default: auto)")
     return parser
 
 
@@ -244,8 +244,9 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             args.workers = saved["workers"]
         elif args.workers != saved["workers"]:
             warnings.append(f"--workers {args.workers} differs from the checkpoint's {saved['workers']}: from here "
-                            "dropout draws other streams (and BatchNorm other shard statistics), so the resumed run "
-                            "differs from an uninterrupted one")
+                            "gradients are summed over other shards (and BatchNorm normalizes by other shard "
+                            "statistics), so the resumed run is not bit-identical to an uninterrupted one; dropout's "
+                            "masks stay the same")
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
