@@ -480,7 +480,7 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError('--plot needs matplotlib; install it with pip install "xpnn[plot]"') from None
+            raise ValueError("--plot needs matplotlib; install it with pip install matplotlib") from None
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")

@@ -112,7 +112,7 @@ class Trainer:
         machine trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
         BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
         1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
-        threadpoolctl (``pip install 'xpnn[threads]'``). A script that trains on NumPy may also want
+        threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy may also want
         :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
 
     Attributes
