@@ -30,7 +30,7 @@ def capture_refusal(model: Any, optimizer: Any, comm: Any = None) -> str | None:
     if comm is not None and getattr(comm, "size", 1) > 1:
         return "the step all-reduces gradients over MPI"
     for index, layer in enumerate(model.layers):
-        if layer.buffers:
+        if layer.buffers and not getattr(layer, "constant_buffers", False):
             return f"layer {index} ({type(layer).__name__}) has buffers that each step rebinds"
         if getattr(layer, "random", None) is not None:
             return f"layer {index} ({type(layer).__name__}) draws random numbers, which a replay would repeat"
