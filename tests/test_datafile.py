@@ -110,6 +110,7 @@ def test_quoted_fields_blank_lines_and_a_byte_order_mark(tmp_path):
         ("a,b,label\n1,2,0\n1,2,0\n", ["column 'label'", "every training label is 0", "at least 2 classes"]),
         ("a,b,label\n1,2,0\n1,2,2\n", ["column 'label'", "class 1 is absent while labels 2 occur"]),
         ("a,b,label\n1,2,cat\n1,2,cat\n", ["every label is 'cat'"]),
+        ("a,b,label\n1,2,1\n1,2,2\n1,2,3\n", ["column 'label'", "labels are 1..3", "subtract 1"]),
         ("a,a,label\n1,2,0\n", ["line 1: column name 'a' appears twice (columns 1 and 2)"]),
         ("a,,label\n1,2,0\n", ["column 2 of the header has no name"]),
         ("1,2,3\n4,5,6\n", ["line 1 holds numbers", "header naming the columns"]),
@@ -117,7 +118,8 @@ def test_quoted_fields_blank_lines_and_a_byte_order_mark(tmp_path):
     ],
     ids=["empty", "blank", "header-only", "short-row", "long-row", "text-cell", "empty-cell", "nan", "inf",
          "float32-overflow", "fractional-label", "float-label", "empty-label", "negative-label", "huge-label",
-         "one-class", "label-gap", "one-name", "duplicate-column", "unnamed-column", "no-header", "one-column"],
+         "one-class", "label-gap", "one-name", "one-based", "duplicate-column", "unnamed-column", "no-header",
+         "one-column"],
 )
 def test_bad_csv_files_are_one_line_naming_line_and_column(tmp_path, text, parts):
     path = tmp_path / "bad.csv"

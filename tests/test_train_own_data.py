@@ -133,6 +133,8 @@ def test_resume_takes_the_data_file_and_its_settings_from_the_checkpoint(iris, t
     assert "trained on other data than --data" in capsys.readouterr().err
     assert main("--data", iris, "--resume", save, "--epochs", "3", "--quiet", "--test-size", "0.2") == 2
     assert "--test-size 0.2 differs from the checkpoint's 0.3" in capsys.readouterr().err
+    assert main("--resume", save, "--epochs", "3", "--quiet", "--target", "petal") == 2  # --data from the checkpoint
+    assert "--target petal differs from the checkpoint's" in capsys.readouterr().err
 
 
 def test_val_and_test_size_split_the_file(iris, tmp_path):

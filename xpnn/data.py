@@ -83,7 +83,9 @@ class DataError(FormatError):
 
 @dataclass
 class Dataset:
-    """Images flattened to float32 rows in [0, 1] and integer labels, all NumPy arrays on the host.
+    """Samples as float32 rows (images flattened, pixels in [0, 1]) and integer labels, all NumPy arrays on the host.
+
+    :func:`load_dataset` makes one from IDX files, :func:`xpnn.datafile.load_data_file` from your own file.
 
     Attributes
     ----------

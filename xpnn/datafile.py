@@ -90,6 +90,11 @@ def load_data_file(path: str | os.PathLike, *, target: str | None = None, test_s
         raise DataError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r}; --data takes a .npz "
                         "(x_train, y_train, optional x_test, y_test) or a .csv with a header row")
     labels_of = f"{path} (column {target!r})" if suffix == ".csv" else f"{path} (y_train)"
+    if class_names is None:
+        present = np.unique(arrays["y_train"])
+        if present.size > 1 and present[0] == 1 and present[-1] == present.size:
+            raise DataError(f"{labels_of}: the labels are 1..{present.size}; classes are numbered from 0, so "
+                            f"subtract 1 from every label (or write the classes as names)")
     n_classes = len(class_names) if class_names is not None else _classes(arrays["y_train"], labels_of, {}, "")
     if "x_test" in arrays:
         if test_size is not None:

@@ -545,13 +545,13 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
         except ImportError:
             raise ValueError("--plot needs matplotlib; install it with pip install matplotlib") from None
     given = set() if given is None else given
-    check_data_flags(args, given)
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
         saved = check_settings(header.get("settings", {}), args.resume)
         if args.data_file is None and not {"dataset", "data_dir"} & given and saved.get("data_file") is not None:
             args.data_file = saved["data_file"]  # like every flag not given: taken from the checkpoint
+    check_data_flags(args, given)
     for warning in apply_defaults(args, given, saved):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     data_inputs = ({"--data": [args.data_file]} if args.data_file is not None
