@@ -113,3 +113,15 @@ def test_bad_class_names_in_a_file_are_refused(tmp_path, names):
                                  {"kind": "model", "config": config})
     with pytest.raises(FormatError, match="class_names must be a list of at least 2 distinct strings"):
         xpnn.load(tmp_path / "m.npz")
+
+
+def test_standardize_on_every_backend(backend64):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 2, 3, 3)) * 4 + 1
+    model = standardized(xpnn.cnn([2, 3], [2], image_size=3, pool=1, activation="tanh", backend=backend64,
+                                  seed=0), x)
+    by_channel = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / x.std(axis=(0, 2, 3), keepdims=True)
+    layer = model[0]
+    np.testing.assert_allclose(backend64.to_numpy(layer(backend64.asarray(x))), by_channel, atol=1e-12)
+    errors = xpnn.gradcheck(model, backend64.asarray(x), backend64.asarray(np.arange(6) % 2))
+    assert max(errors.values()) < 1e-6, errors
