@@ -272,3 +272,23 @@ def test_npz_member_that_claims_more_than_it_holds_is_not_read(tmp_path):
                 data = data.replace(b"(10, 3)", b"(10000000, 3)")
             target.writestr(info.filename, data)
     refused(crafted, "member 'x_train' declares shape (10000000, 3)", "truncated or crafted")
+
+
+def test_a_long_csv_reads_every_row_exactly(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9000, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 9000)
+    text = "a,b,c,label\n" + "".join(f"{r[0]!r},{r[1]!r},{r[2]!r},{c}\n" for r, c in zip(x.tolist(), y, strict=True))
+    ds = load_data_file(write_csv(tmp_path / "long.csv", text), test_size=0.1)
+    got = np.concatenate([ds.x_train, ds.x_test])
+    labels = np.concatenate([ds.y_train, ds.y_test])
+    order = np.lexsort(got.T[::-1])
+    expected = np.lexsort(x.T[::-1])
+    np.testing.assert_array_equal(got[order], x[expected])
+    np.testing.assert_array_equal(labels[order], y[expected])
+
+
+def test_an_identifier_column_is_not_taken_for_labels(tmp_path):
+    text = "a,b,id\n" + "".join(f"{i},{i % 7},row{i}\n" for i in range(100))
+    refused(write_csv(tmp_path / "ids.csv", text), "column 'id' has 100 different labels for 100 rows",
+            "--target NAME")

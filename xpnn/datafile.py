@@ -18,10 +18,12 @@ out, the same rows whatever the seed.
 
 from __future__ import annotations
 
+import array
 import csv
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ __all__ = ["DEFAULT_TEST_SIZE", "load_data_file"]
 DEFAULT_TEST_SIZE = 0.2
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_BLOCK = 4096  # CSV rows converted to one float32 array at a time
 _INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 _NPZ_ARRAYS = {
     "x_train": ("fiub", "numbers (features or pixels)"),
@@ -253,9 +256,11 @@ def _read_csv(path: Path, reader, target: str | None) -> tuple[dict[str, np.ndar
         raise DataError(f"{path}: --target {target!r}: no such column (the header has {_names(columns)})")
     target = columns[label_index]
     feature_index = [i for i in range(len(columns)) if i != label_index]
+    blocks: list[np.ndarray] = []  # float32 (rows, features), one per _BLOCK rows: no Python object per cell
     rows: list[np.ndarray] = []
-    labels: list[str] = []
-    label_lines: list[int] = []
+    codes = array.array("q")  # per row: the index of its label among the distinct labels (in order of first use)
+    distinct: dict[str, int] = {}
+    first_line: list[int] = []  # per distinct label: the line where it first occurs
     for row in reader:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank lines
@@ -269,16 +274,23 @@ def _read_csv(path: Path, reader, target: str | None) -> tuple[dict[str, np.ndar
             values = None
         if values is None or not np.all(np.isfinite(values)) or np.any(np.abs(values) > _FLOAT32_MAX):
             _explain_row(path, line, cells, [columns[i] for i in feature_index])
-        rows.append(values.astype(np.float32))
+        rows.append(values)
+        if len(rows) == _BLOCK:
+            blocks.append(np.array(rows, dtype=np.float32))
+            rows = []
         label = row[label_index].strip()
         if not label:
             raise DataError(f"{path}: line {line}, column {target!r}: the label is empty (fill or drop the row)")
-        labels.append(label)
-        label_lines.append(line)
-    if not rows:
+        code = distinct.setdefault(label, len(distinct))
+        if code == len(first_line):
+            first_line.append(line)
+        codes.append(code)
+    if rows:
+        blocks.append(np.array(rows, dtype=np.float32))
+    if not blocks:
         raise DataError(f"{path}: has a header but no data rows")
-    y, names = _csv_labels(path, labels, label_lines, target)
-    return {"x_train": np.stack(rows), "y_train": y}, names, target
+    y, names = _csv_labels(path, np.frombuffer(codes, dtype=np.int64), list(distinct), first_line, target)
+    return {"x_train": np.concatenate(blocks), "y_train": y}, names, target
 
 
 def _check_header(path: Path, columns: list[str], line: int) -> None:
@@ -317,32 +329,42 @@ def _explain_row(path: Path, line: int, cells: list[str], names: list[str]) -> N
     raise DataError(f"{path}: line {line} cannot be read as numbers")  # float() and NumPy disagreed
 
 
-def _csv_labels(path: Path, labels: list[str], lines: list[int], target: str
+def _csv_labels(path: Path, codes: np.ndarray, distinct: list[str], lines: list[int], target: str
                 ) -> tuple[np.ndarray, list[str] | None]:
-    """Integer labels as they are (0..K-1 checked by the caller), names numbered in sorted order."""
-    if all(_INTEGER.fullmatch(label) for label in labels):
-        values = [int(label) for label in labels]
-        big = next((i for i, v in enumerate(values) if abs(v) >= 2**62), None)
-        if big is not None:
-            raise DataError(f"{path}: line {lines[big]}, column {target!r}: label {labels[big]} is far too large; "
+    """Labels from each row's index ``codes`` into the ``distinct`` label texts (first seen on ``lines``):
+    integers as they are (0..K-1 is checked by the caller), names numbered in sorted order."""
+    def first(where: Callable[[str], bool]) -> int:
+        return min((i for i, label in enumerate(distinct) if where(label)), key=lines.__getitem__)
+
+    if all(_INTEGER.fullmatch(label) for label in distinct):
+        values = [int(label) for label in distinct]
+        if any(abs(v) >= 2**62 for v in values):
+            at = first(lambda label: abs(int(label)) >= 2**62)
+            raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {distinct[at]} is far too large; "
                             "classes are numbered 0..K-1")
-        y = np.array(values, dtype=np.int64)
-        if y.min() < 0:
-            at = int(np.argmin(y))
-            raise DataError(f"{path}: line {lines[at]}, column {target!r}: negative label {labels[at]}; classes "
+        if min(values) < 0:
+            at = first(lambda label: int(label) < 0)
+            raise DataError(f"{path}: line {lines[at]}, column {target!r}: negative label {distinct[at]}; classes "
                             "are numbered from 0")
-        return y, None
-    if all(_is_number(label) for label in labels):
-        at = next(i for i, label in enumerate(labels) if not _INTEGER.fullmatch(label))
-        raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {labels[at]} is not a whole number; "
+        y, names = np.array(values, dtype=np.int64)[codes], None
+    elif all(_is_number(label) for label in distinct):
+        at = first(lambda label: not _INTEGER.fullmatch(label))
+        raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {distinct[at]} is not a whole number; "
                         "--data trains classifiers (labels are integers 0..K-1 or class names), not regressions; "
                         "--target NAME chooses the label column")
-    names = sorted(set(labels))
-    if len(names) < 2:
-        raise DataError(f"{path}: column {target!r}: every label is {names[0]!r}; a classifier needs at least 2 "
-                        "classes")
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[label] for label in labels], dtype=np.int64), names
+    else:
+        names = sorted(distinct)
+        if len(names) < 2:
+            raise DataError(f"{path}: column {target!r}: every label is {names[0]!r}; a classifier needs at least 2 "
+                            "classes")
+        rank = np.empty(len(distinct), dtype=np.int64)
+        rank[np.argsort(np.array(distinct, dtype=object), kind="stable")] = np.arange(len(distinct))
+        y = rank[codes]
+    classes = len(np.unique(y))
+    if classes > 20 and classes > codes.size // 2:
+        raise DataError(f"{path}: column {target!r} has {classes} different labels for {codes.size} rows, about one "
+                        "sample per class: is it the label column? (--target NAME chooses it)")
+    return y, names
 
 
 def _is_number(text: str) -> bool:
