@@ -213,3 +213,16 @@ def test_bad_data_files_end_the_command_with_one_line(tmp_path, name, content, m
     line = one_error_line(result)
     assert result.returncode == 1 and result.stdout == ""
     assert line.startswith("python -m xpnn.train: error: ") and message in line and str(path) in line
+
+
+def test_an_npz_of_idx_images_trains_exactly_as_the_idx_folder(tmp_path):
+    folder = make_dataset(tmp_path / "idx", n_train=200, n_test=60)
+    read = {key: xpnn.data.read_idx(path) for key, path in xpnn.data.find_files(folder).items()}
+    np.savez_compressed(tmp_path / "same.npz", x_train=read["train_images"], y_train=read["train_labels"],
+                        x_test=read["test_images"], y_test=read["test_labels"])
+    logs = tmp_path / "idx.jsonl", tmp_path / "npz.jsonl"
+    assert main("--data-dir", folder, *FAST, "--epochs", "2", "--metrics", logs[0]) == 0
+    assert main("--data", tmp_path / "same.npz", *FAST, "--epochs", "2", "--metrics", logs[1]) == 0
+    for a, b in zip(metrics(logs[0]), metrics(logs[1]), strict=True):
+        assert (a["train_loss"], a["test_loss"], a["test_accuracy"]) == (b["train_loss"], b["test_loss"],
+                                                                         b["test_accuracy"])
