@@ -21,7 +21,9 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
+import stat
 import sys
 import textwrap
 import threading
@@ -40,10 +42,11 @@ from .files import OutputError, check_outputs, write_file
 from .heap import retain_freed_memory
 from .initializers import _BY_NAME as INITIALIZERS
 from .layers.base import LayerTooLargeError
+from .lock import OutputLock
 from .model import ACTIVATIONS, Sequential, mlp, standardized
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
 from .parallel import check_workers
-from .serialization import FormatError, read_npz
+from .serialization import FormatError, open_npz, read_npz
 from .trainer import DivergenceError, Trainer
 
 PROG = "python -m xpnn.train"
@@ -132,11 +135,25 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Settings saved in a checkpoint: a resumed run takes them from the checkpoint when the flag is not given,
-# and refuses a different value, which would make the resumed run differ from an uninterrupted one.
+# and refuses a different value, which would make the resumed run differ from an uninterrupted one (except
+# TUNABLE_SETTINGS below).
 # --epochs and --workers may change (with a warning); --device may change (results then agree to float rounding).
 EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
                   "schedule", "seed", "val", "hidden", "activation", "init", "dropout", "target", "test_size",
                   "standardize")
+# Of those, the ones fine-tuning may change on --resume: training continues from the checkpoint's weights and
+# optimizer state with the new values (one warning: no longer an exact continuation), and the new values are saved.
+TUNABLE_SETTINGS = ("lr", "schedule", "batch_size", "weight_decay")
+# Why a resumed run cannot change the others, for the message that refuses them.
+_FIXED_BY_CHECKPOINT = {
+    **dict.fromkeys(("model", "hidden", "activation", "dropout"), "the checkpoint's weights fit its architecture"),
+    **dict.fromkeys(("dataset", "val", "target", "test_size"), "its weights and history were trained on that data"),
+    **dict.fromkeys(("optimizer", "momentum"), "its optimizer state belongs to its update rule"),
+    "full_batch": "its optimizer state belongs to its batch mode",
+    "seed": "the shuffles and dropout masks of the epochs left follow its seed",
+    "init": "its weights are already initialized",
+    "standardize": "its model holds (or lacks) the training set's statistics",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,9 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val", type=_non_negative_int, default=0, metavar="N",
         help="hold out N training samples for validation (default: 0)")
     add("--seed", type=_non_negative_int, default=1, help="random seed, an integer >= 0 (default: 1)")
-    add("--save", default=None, metavar="PATH", help="checkpoint after every epoch and at the end (default: none)")
+    add("--save", default=None, metavar="PATH",
+        help="checkpoint after every epoch and at the end; an existing file is refused unless it is --resume's "
+             "or --overwrite is given (default: none)")
+    add("--overwrite", action="store_true",
+        help="let a new run replace the file at --save, once its first epoch is done (default: off)")
     add("--resume", default=None, metavar="PATH",
-        help="continue from a checkpoint written by --save; flags not given are taken from it (default: none)")
+        help="continue from a checkpoint written by --save; flags not given are taken from it, and --lr, "
+             "--schedule, --batch-size, --weight-decay and --epochs may change to fine-tune it (default: none)")
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
@@ -212,6 +234,7 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     Returns warnings to print. Raises UsageError for a given flag that differs from the checkpoint.
     """
     warnings = []
+    tuned: list[str] = []  # fine-tuning: "--lr 0.001 (checkpoint: 0.01)"
     if saved is not None:
         saved = {**{"model": "mlp"}, **saved}  # checkpoints from before --model trained MLPs
         if "init" in saved and saved["init"] is None:  # before the effective initializer was saved
@@ -223,10 +246,14 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             if key not in given:
                 setattr(args, key, saved[key])
             elif _differs(getattr(args, key), saved[key]):
+                if key in TUNABLE_SETTINGS:
+                    tuned.append(f"{flag} {_show(getattr(args, key))} (checkpoint: {_show(saved[key])})")
+                    continue
                 raise UsageError(
-                    f"{flag} {_show(getattr(args, key))} differs from the checkpoint's {_show(saved[key])}; "
-                    f"a resumed run must repeat it to continue exactly (drop {flag}, or start a new run "
-                    "without --resume)"
+                    f"{flag} {_show(getattr(args, key))} differs from the checkpoint's {_show(saved[key])}, and "
+                    f"{_FIXED_BY_CHECKPOINT.get(key, 'a resumed run keeps it')}: drop {flag} to continue that run, "
+                    "or start a new one without --resume (fine-tuning may change only "
+                    f"{', '.join('--' + k.replace('_', '-') for k in TUNABLE_SETTINGS)} and --epochs)"
                 )
     for key, value in MODEL_DEFAULTS[args.model].items():
         if getattr(args, key) is None:
@@ -246,6 +273,8 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
+        elif args.epochs != saved["epochs"] and tuned:
+            tuned.append(f"--epochs {args.epochs} (checkpoint: {saved['epochs']})")
         elif args.epochs != saved["epochs"]:
             note = (f"--epochs {args.epochs} differs from the checkpoint's {saved['epochs']}: training continues "
                     f"to epoch {args.epochs}")
@@ -253,7 +282,25 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
                 note += (f"; the cosine schedule now spans {args.epochs} epochs, so the learning rates from here "
                          "on differ from both an uninterrupted run of either length")
             warnings.append(note)
+    if tuned:
+        warnings.append(f"fine-tuning with {', '.join(tuned)}: training continues from the checkpoint's weights and "
+                        "optimizer state with these settings, so this run is no longer an exact continuation of "
+                        "the one that wrote it (the checkpoints it writes hold the new settings)")
     return warnings
+
+
+def device_kind(backend: Any) -> str:
+    """The kind of device a run computes on, as saved in a checkpoint: ``numpy``, ``torch``, ``torch (GPU)``, ...
+
+    The GPU's index is left out: MPI ranks train on different GPUs of one kind, and another GPU of the same
+    kind computes the same numbers.
+    """
+    library = backend.name.split(":")[0]
+    return f"{library} (GPU)" if backend.launch_bound and backend.name != library else backend.name
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
 
 
 def default_init(activation: str) -> str:
@@ -383,6 +430,7 @@ class Run:
         except ValueError as error:
             raise UsageError(str(error)) from None
         self.start_epoch = 0
+        self.resumed_rows = 0
         self.saved_epoch: int | None = None
         self.metrics_written = False
 
@@ -416,12 +464,31 @@ class Run:
     def settings(self) -> dict[str, Any]:
         keys = ("epochs", "workers", *EXACT_SETTINGS)
         file = None if self.args.data_file is None else os.path.abspath(self.args.data_file)
-        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint, "data_file": file}
+        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint, "data_file": file,
+                "device": device_kind(self.backend), "processes": self.comm.size}
+
+    def machine_warning(self, saved: dict[str, Any] | None) -> str | None:
+        """One line when the checkpoint was trained on another kind of device or another number of MPI processes."""
+        if saved is None:
+            return None
+        changes = []
+        device = device_kind(self.backend)
+        if isinstance(saved.get("device"), str) and saved["device"] != device:
+            changes.append(f"on {device} (the checkpoint was trained on {saved['device']})")
+        processes = saved.get("processes")
+        if isinstance(processes, int) and processes != self.comm.size:
+            changes.append(f"with {_count(self.comm.size, 'process')} (the checkpoint was trained with "
+                           f"{_count(processes, 'process')})")
+        if not changes:
+            return None
+        return (f"resuming {' and '.join(changes)}: from here the numbers agree with an uninterrupted run only to "
+                "float rounding")
 
     def resume(self, path: str) -> None:
         header = load_checkpoint(path, self.model, self.optimizer)
         self.start_epoch = header["epoch"]
         self.trainer.history.rows[:] = header["history"]
+        self.resumed_rows = len(header["history"])
         same = self.args.save is not None and os.path.exists(self.args.save) and os.path.samefile(self.args.save, path)
         self.saved_epoch = self.start_epoch if same else None  # what --save holds so far
         if self.start_epoch > self.args.epochs:
@@ -505,12 +572,13 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val", "test"):
-        if f"{split}_loss" in history[0]:
-            left.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
-            right.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], marker="o", label=split)
+        rows = [row for row in history if _numbers(row, "epoch", f"{split}_loss", f"{split}_accuracy")]
+        if rows:  # a resumed checkpoint's rows may lack columns that later rows have
+            epochs = [row["epoch"] for row in rows]
+            left.plot(epochs, [row[f"{split}_loss"] for row in rows], marker="o", label=split)
+            right.plot(epochs, [100 * row[f"{split}_accuracy"] for row in rows], marker="o", label=split)
     left.set(xlabel="epoch", ylabel="loss", title="Loss")
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for axis in (left, right):
@@ -539,6 +607,93 @@ def check_data_flags(args: argparse.Namespace, given: set[str]) -> None:
 
 
 def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = None) -> int:
+    """Run one training command; returns the exit status. Locks held for ``--save`` are released on any exit."""
+    with contextlib.ExitStack() as cleanup:
+        return _train(args, given, comm, cleanup)
+
+
+def claim_save(args: argparse.Namespace, comm: Any, cleanup: contextlib.ExitStack) -> bool:
+    """Apply the rule for an existing ``--save`` file and lock it for this run (rank 0 decides for every rank).
+
+    A new run never destroys what a path already holds: a ``--save`` file that is not the checkpoint being
+    resumed is refused unless ``--overwrite`` is given, and even then it is kept until the new run's first
+    epoch has a checkpoint to put there. A second run on the same ``--save`` path is refused while the
+    first holds its lock file.
+
+    Returns
+    -------
+    bool
+        Whether ``--save`` holds an earlier file to keep until the first epoch ends (no epoch-0 checkpoint).
+    """
+    if args.overwrite and not args.save:
+        raise UsageError("--overwrite lets a new run replace the file at --save; give --save PATH or drop --overwrite")
+    comm = comm or Local()
+    if not args.save:
+        return False
+    problem: OutputError | None = None
+    keep = False
+    if comm.is_root:
+        try:
+            if not _is_device(args.save):  # first: a file another run is writing is not "an earlier run's"
+                cleanup.enter_context(OutputLock(args.save, "--save"))
+            keep = _existing_save(args)
+        except OutputError as error:
+            problem = error
+    if comm.any(problem is not None):  # every rank stops; the others' message is never shown
+        raise problem or OutputError("--save: refused by rank 0")
+    return keep
+
+
+def _is_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _existing_save(args: argparse.Namespace) -> bool:
+    """Refuse (or, with --overwrite, keep until the first epoch) a non-empty file at --save; see claim_save."""
+    try:
+        info = os.stat(args.save)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return False
+    if args.resume and os.path.exists(args.resume) and os.path.samefile(args.save, args.resume):
+        return False
+    if args.overwrite:
+        return True
+    try:
+        with open_npz(args.save, "checkpoint") as npz:
+            what = f"a checkpoint after epoch {npz.header['epoch']}"
+    except (FormatError, OSError):
+        what = "a file that is not an xpnn checkpoint"
+    if args.resume:
+        return _refuse(f"--save {args.save} already holds {what}, and this run resumes another file; choose "
+                       "another --save path, or pass --overwrite to replace it")
+    return _refuse(f"--save {args.save} already holds {what}; continue that run with --resume {args.save}, or "
+                   "start over with --overwrite (or delete the file)")
+
+
+def _check_epochs_left(args: argparse.Namespace, given: set[str], saved: dict[str, Any], done: int) -> None:
+    """Before any warning: --epochs below what the checkpoint has trained, or fine-tuning flags on a checkpoint
+    that has trained all its epochs (they would change nothing), are refused."""
+    if done > args.epochs:
+        raise UsageError(f"--epochs {args.epochs}: the checkpoint {args.resume} has already trained {done} epochs; "
+                         "pass a larger --epochs to continue")
+    tuned = [key for key in TUNABLE_SETTINGS
+             if key in given and key in saved and _differs(getattr(args, key), saved[key])]
+    if tuned and done >= args.epochs:
+        flags = " and ".join("--" + key.replace("_", "-") for key in tuned)
+        raise UsageError(f"--resume {args.resume} has trained all {args.epochs} epochs, so {flags} would change "
+                         f"nothing; pass --epochs larger than {done} to fine-tune it")
+
+
+def _refuse(message: str) -> bool:
+    raise OutputError(message)
+
+
+def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup: contextlib.ExitStack) -> int:
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -551,14 +706,26 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
         saved = check_settings(header.get("settings", {}), args.resume)
         if args.data_file is None and not {"dataset", "data_dir"} & given and saved.get("data_file") is not None:
             args.data_file = saved["data_file"]  # like every flag not given: taken from the checkpoint
-    check_data_flags(args, given)
-    for warning in apply_defaults(args, given, saved):
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    refused: UsageError | None = None
+    try:
+        check_data_flags(args, given)
+        notes = apply_defaults(args, given, saved)
+        if saved is not None:
+            _check_epochs_left(args, given or set(), saved, header["epoch"])
+    except UsageError as error:  # said after the outputs' checks: a --save another run is writing comes first
+        notes, refused = [], error
     data_inputs = ({"--data": [args.data_file]} if args.data_file is not None
                    else {"--data-dir": input_paths(args.dataset, args.data_dir)})
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
                   inputs={"--resume": args.resume, **data_inputs}, allow_same=[("--save", "--resume")])
+    keep_earlier_save = claim_save(args, comm, cleanup)
+    if refused is not None:
+        raise refused
+    for warning in notes:  # once the outputs are accepted: a refused run says only why
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     run = Run(args, saved, comm)
+    if (note := run.machine_warning(saved)) and run.comm.is_root:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.resume:
         run.resume(args.resume)
     run.say(f"xpnn: {run.describe()}")
@@ -566,7 +733,7 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
     eval_sets = {"test": (run.inputs(data.x_test), data.y_test)}
     if data.x_val is not None:
         eval_sets = {"val": (run.inputs(data.x_val), data.y_val), **eval_sets}
-    if args.save and run.saved_epoch is None:
+    if args.save and run.saved_epoch is None and not keep_earlier_save:
         with _interrupts_deferred():  # so that an interrupted first epoch still leaves a checkpoint to resume from
             run.checkpoint(run.start_epoch)
     started = time.perf_counter()
@@ -575,33 +742,45 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
                                   callbacks=[_EpochEnd(run)], initial_epoch=run.start_epoch,
                                   verbose=not args.quiet, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted in epoch {len(run.trainer.history) + 1}", file=sys.stderr)
+        rows = run.trainer.history
+        done = rows[-1]["epoch"] if len(rows) > run.resumed_rows else run.start_epoch  # resumed rows may be few
+        print(f"\ninterrupted in epoch {done + 1}", file=sys.stderr)
         if args.save and run.saved_epoch is not None:
             print(f"checkpoint after epoch {run.saved_epoch} is in {args.save}; "
                   f"continue with --resume {args.save}", file=sys.stderr)
         return 130
     except DivergenceError as error:
-        kept = (f"; the last good checkpoint (epoch {run.saved_epoch}) is in {args.save}"
-                if args.save and run.saved_epoch is not None else "")
-        print(f"{PROG}: error: {error}: try a smaller --lr (now {args.lr}){kept}", file=sys.stderr)
+        smaller = f"--lr {args.lr / 10:g}"
+        if args.save and run.saved_epoch is not None:
+            advice = (f"; the last good checkpoint (epoch {run.saved_epoch}) is in {args.save}: continue from it "
+                      f"with --resume {shlex.quote(args.save)} {smaller}")
+        else:
+            advice = f", e.g. {smaller}"
+        print(f"{PROG}: error: {error}: try a smaller --lr (now {args.lr}){advice}", file=sys.stderr)
         return 1
     if not run.comm.is_root:
         return 0
-    last = history[-1]["epoch"] if len(history) else 0
+    last = history[-1]["epoch"] if len(history) > run.resumed_rows else run.start_epoch
     if args.save and run.saved_epoch != last:  # e.g. a finished checkpoint resumed into another --save
         run.checkpoint(last)
     if args.metrics and len(history) and not run.metrics_written:
         write_metrics(args.metrics, history.rows)
     if args.plot and len(history):
         plot_history(args.plot, history.rows, run.describe())
-    if len(history):
-        best = max(history, key=lambda row: row["test_accuracy"])
-        last = history[-1]
-        print(f"done: {len(history)} epochs, {time.perf_counter() - started:.1f} s this run; "
+    scored = [row for row in history if _numbers(row, "epoch", "test_accuracy", "test_loss")]
+    if scored:  # rows of a checkpoint written by the library may lack the test columns
+        best = max(scored, key=lambda row: row["test_accuracy"])
+        last = scored[-1]
+        print(f"done: {last['epoch']} epochs, {time.perf_counter() - started:.1f} s this run; "
               f"test accuracy {last['test_accuracy']:.2%} (best {best['test_accuracy']:.2%} at epoch "
               f"{best['epoch']}), test loss {last['test_loss']:.4f}"
               + (f"; checkpoint {args.save}" if args.save else ""), flush=True)
     return 0
+
+
+def _numbers(row: dict[str, Any], *keys: str) -> bool:
+    """Whether ``row`` holds a number (not a bool) under each of ``keys``."""
+    return all(isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool) for k in keys)
 
 
 def main(argv: list[str] | None = None) -> int:
