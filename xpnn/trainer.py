@@ -113,7 +113,7 @@ class Trainer:
         machine trains a CNN about 1.6x faster. The gradient is the same up to rounding and dropout's masks are
         the same; BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
         1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
-        threadpoolctl (``pip install 'xpnn[threads]'``). A script that trains on NumPy may also want
+        threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy may also want
         :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
 
     Attributes
@@ -162,7 +162,8 @@ class Trainer:
         Parameters
         ----------
         x : array_like, (N, ...)
-            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype).
+            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype). Flat rows
+            (N, C·H·W) for a model of input (C, H, W) are reshaped (:meth:`Sequential.unflatten`).
         y : array_like
             Softmax classifier: integer labels (N,) in [0, C) or one-hot rows (N, C). Binary classifier:
             0/1 targets (N,) or (N, K). Regression: targets (N,) or (N, K). A 1-d target of a binary model
@@ -176,7 +177,7 @@ class Trainer:
             Naming the problem (sizes, NaN, label range, shapes that do not fit the model) before any training.
         """
         be, model = self.model.backend, self.model
-        x, y = _host(x, f"{what}: x"), _host(y, f"{what}: y")
+        x, y = model.unflatten(_host(x, f"{what}: x")), _host(y, f"{what}: y")
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"{what}: x must have shape (N, features...) with N >= 1, got {x.shape}")
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
@@ -492,7 +493,8 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
     optimizer : Optimizer
         E.g. ``xpnn.optim.Adam(model, lr=1e-3)``.
     x : array_like, (N, ...)
-        Inputs on the host (NumPy arrays or lists); copied to the model's device once.
+        Inputs on the host (NumPy arrays or lists); copied to the model's device once. Flat rows (N, C·H·W)
+        for a model of input (C, H, W), such as :func:`xpnn.data.load_dataset` gives, are reshaped.
     y : array_like
         Integer labels (N,) or one-hot rows (N, C) for a softmax classifier; 0/1 targets (N,) or (N, K)
         for a binary one; targets (N,) or (N, K) for a regression.
