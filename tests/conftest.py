@@ -31,11 +31,11 @@ def make_backend(name: str, dtype: str = "float32") -> Backend:
         return Backend.from_namespace(array_api_strict, device=device, dtype=dtype)
     if name == "torch":
         if importlib.util.find_spec("torch") is None:
-            pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
+            pytest.skip("torch is not installed (pip install torch)")
         return xpnn.get_backend("torch", dtype)
     if name == "torch-cuda":
         if importlib.util.find_spec("torch") is None:
-            pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
+            pytest.skip("torch is not installed (pip install torch)")
         import torch
 
         if not torch.cuda.is_available():

@@ -38,7 +38,8 @@ def test_a_huge_learning_rate_stops_with_one_line_and_keeps_the_last_good_checkp
     assert f"the last good checkpoint (epoch 0) is in {save}" in line
     arrays, header = checkpoint_state(save)
     assert header["epoch"] == 0 and header["history"] == []
-    assert all(np.all(np.isfinite(a)) and np.abs(a).max() < 10 for a in arrays.values())
+    weights = [a for a in arrays.values() if a.dtype.kind == "f"]  # not dropout's integer seed and step
+    assert weights and all(np.all(np.isfinite(a)) and np.abs(a).max() < 10 for a in weights)
     assert not log.exists()  # no metrics for an epoch that diverged
 
 

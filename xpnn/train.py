@@ -1,7 +1,8 @@
-"""Train a multilayer perceptron or a CNN on MNIST (or any MNIST-layout dataset) from the command line.
+"""Train a multilayer perceptron or a CNN from the command line on MNIST-layout data or a file of your own.
 
     python -m xpnn.train --device cpu --dataset fashion-mnist --epochs 20
     python -m xpnn.train --model cnn --dataset fashion-mnist
+    python -m xpnn.train --data iris.csv --target species --standardize
 
 The flags follow pytorch/examples' mnist/main.py; ``python -m xpnn.train --help`` lists them all. The
 command is a thin layer over :func:`xpnn.fit`: it parses flags, loads data, builds the model and passes
@@ -34,14 +35,15 @@ from typing import Any
 from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, input_paths, load_dataset
+from .data import DATASETS, DataError, input_paths, load_dataset
+from .datafile import DEFAULT_TEST_SIZE, load_data_file
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .files import OutputError, check_outputs, write_file
 from .heap import retain_freed_memory
 from .initializers import _BY_NAME as INITIALIZERS
 from .layers.base import LayerTooLargeError
 from .lock import OutputLock
-from .model import ACTIVATIONS, Sequential, mlp
+from .model import ACTIVATIONS, Sequential, mlp, standardized
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
 from .parallel import check_workers
 from .serialization import FormatError, open_npz, read_npz
@@ -92,6 +94,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -127,18 +139,20 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # TUNABLE_SETTINGS below).
 # --epochs and --workers may change (with a warning); --device may change (results then agree to float rounding).
 EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
-                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout")
+                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout", "target", "test_size",
+                  "standardize")
 # Of those, the ones fine-tuning may change on --resume: training continues from the checkpoint's weights and
 # optimizer state with the new values (one warning: no longer an exact continuation), and the new values are saved.
 TUNABLE_SETTINGS = ("lr", "schedule", "batch_size", "weight_decay")
 # Why a resumed run cannot change the others, for the message that refuses them.
 _FIXED_BY_CHECKPOINT = {
     **dict.fromkeys(("model", "hidden", "activation", "dropout"), "the checkpoint's weights fit its architecture"),
-    **dict.fromkeys(("dataset", "val"), "its weights and history were trained on that data"),
+    **dict.fromkeys(("dataset", "val", "target", "test_size"), "its weights and history were trained on that data"),
     **dict.fromkeys(("optimizer", "momentum"), "its optimizer state belongs to its update rule"),
     "full_batch": "its optimizer state belongs to its batch mode",
     "seed": "the shuffles and dropout masks of the epochs left follow its seed",
     "init": "its weights are already initialized",
+    "standardize": "its model holds (or lacks) the training set's statistics",
 }
 
 
@@ -160,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset to train on (default: mnist)")
     add("--data-dir", default=None, metavar="DIR",
         help="folder with the four MNIST-layout IDX files, .gz or raw; no download (default: search, then download)")
+    add("--data", dest="data_file", default=None, metavar="FILE",
+        help="train on your own .npz (x_train, y_train, optional x_test, y_test) or .csv (a header row, numeric "
+             "features, a label column) instead of --dataset/--data-dir (default: none)")
+    add("--target", default=None, metavar="COLUMN",
+        help="the label column of a --data CSV (default: the column named label, else the last column)")
+    add("--test-size", type=_fraction, default=None, metavar="F",
+        help=f"fraction of a --data file held out as the test set when it has none (default: {DEFAULT_TEST_SIZE})")
+    add("--standardize", action="store_true",
+        help="scale each feature (each channel of images) by the training set's mean and standard deviation, "
+             "saved with the model so that predictions apply it too (default: off)")
     add("--epochs", type=_positive_int, default=None, help=f"number of epochs {per_model('epochs')}")
     add("--batch-size", type=_positive_int, default=128, metavar="N", help="samples per step (default: 128)")
     add("--full-batch", action="store_true", help="one step per epoch over the whole training set (default: off)")
@@ -192,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
              "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
-        help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
-             "(no dropout, no batchnorm, one process), eager with a warning if the capture fails "
-             "(default: auto)")
+        help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python, "
+             "in xpnn[gpu]); auto: on gpu and torch:cuda wherever it can, eager with one warning line where it "
+             "cannot (several MPI ranks); on: exit with an error instead (default: auto)")
     return parser
 
 
@@ -254,8 +278,9 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             args.workers = saved["workers"]
         elif args.workers != saved["workers"]:
             warnings.append(f"--workers {args.workers} differs from the checkpoint's {saved['workers']}: from here "
-                            "dropout draws other streams (and BatchNorm other shard statistics), so the resumed run "
-                            "differs from an uninterrupted one")
+                            "gradients are summed over other shards (and BatchNorm normalizes by other shard "
+                            "statistics), so the resumed run is not bit-identical to an uninterrupted one; dropout's "
+                            "masks stay the same")
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -308,8 +333,10 @@ def check_settings(saved: Any, path: str) -> dict[str, Any]:
     for key, value in saved.items():
         if key == "data":
             ok = isinstance(value, str)
-        elif key == "full_batch":
+        elif key in ("full_batch", "standardize"):
             ok = isinstance(value, bool)
+        elif key in ("data_file", "target", "test_size") and value is None:
+            ok = True
         elif key == "hidden":
             ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                  for v in value)
@@ -355,12 +382,14 @@ def _show(value: Any) -> str:
     return "(on)" if value is True else "(off)" if value is False else str(value)
 
 
-def data_fingerprint(x: Any, y: Any) -> str:
-    """A short hash of the training arrays, so a resume on other data is refused."""
+def data_fingerprint(x: Any, y: Any, class_names: Sequence[str] | None = None) -> str:
+    """A short hash of the training arrays (and the class names, if any), so a resume on other data is refused."""
     digest = hashlib.blake2b(digest_size=8)
     for a in (x, y):
         digest.update(str((a.shape, a.dtype.str)).encode())
         digest.update(memoryview(a).cast("B"))
+    if class_names is not None:
+        digest.update(json.dumps(list(class_names)).encode())
     return digest.hexdigest()
 
 
@@ -381,11 +410,22 @@ class Run:
             check_workers(args.workers, self.backend, PROG, option="--workers")
         except (ValueError, ImportError) as error:
             raise UsageError(str(error)) from None
-        self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
-        self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
+        if args.data_file is not None:
+            try:
+                self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
+                                           val=args.val, seed=args.seed)
+            except DataError:
+                raise
+            except ValueError as error:  # a flag the file contradicts (--target for an .npz, ...)
+                raise UsageError(str(error)) from None
+        else:
+            self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
+        self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train, self.data.class_names)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
-            raise UsageError(f"--resume: the checkpoint was trained on other data than {self.data.directory} "
-                             f"(dataset {args.dataset}, --val {args.val}); point --data-dir at the same files")
+            source = (f"--data {args.data_file}" if args.data_file is not None
+                      else f"{self.data.directory} (dataset {args.dataset})")
+            raise UsageError(f"--resume: the checkpoint was trained on other data than {source} (--val {args.val}); "
+                             f"point {'--data' if args.data_file is not None else '--data-dir'} at the same files")
         n = self.data.x_train.shape[0]
         if not args.full_batch and args.batch_size > n:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
@@ -416,13 +456,22 @@ class Run:
         if args.model == "cnn":
             from .model import cnn
 
-            self.image_shape = (1, *data.image_shape)
-            return cnn((1, 32, 64), (128, data.n_classes), image_size=data.image_shape, activation=args.activation,
-                       init=args.init, dropout=args.dropout, backend=self.backend, seed=args.seed)
-        self.image_shape = None
-        sizes = [data.n_features, *args.hidden, data.n_classes]
-        return mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,
-                   backend=self.backend, seed=args.seed)
+            if data.image_shape is None:
+                raise ValueError(f"it holds rows of {data.n_features} features, not images; a CNN takes images "
+                                 "(N, H, W) or (N, C, H, W) from an .npz: use --model mlp")
+            self.image_shape = data.input_shape
+            model = cnn((data.channels, 32, 64), (128, data.n_classes), image_size=data.image_shape,
+                        activation=args.activation, init=args.init, dropout=args.dropout, backend=self.backend,
+                        seed=args.seed)
+        else:
+            self.image_shape = None
+            sizes = [data.n_features, *args.hidden, data.n_classes]
+            model = mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,
+                        backend=self.backend, seed=args.seed)
+        if args.standardize:
+            model = standardized(model, self.inputs(data.x_train))
+        model.class_names = data.class_names
+        return model
 
     def inputs(self, x: Any) -> Any:
         """Images as the model takes them: (N, 784) rows for the MLP, (N, 1, 28, 28) for the CNN."""
@@ -430,7 +479,8 @@ class Run:
 
     def settings(self) -> dict[str, Any]:
         keys = ("epochs", "workers", *EXACT_SETTINGS)
-        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint,
+        file = None if self.args.data_file is None else os.path.abspath(self.args.data_file)
+        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint, "data_file": file,
                 "device": device_kind(self.backend), "processes": self.comm.size}
 
     def machine_warning(self, saved: dict[str, Any] | None) -> str | None:
@@ -475,6 +525,8 @@ class Run:
             kind = f"CNN {'x'.join(map(str, self.image_shape))} -> {d.n_classes}"
         else:
             kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
+        if a.standardize:
+            kind += " (standardized inputs)"
         batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
         ranks = f" x {self.comm.size} processes" if self.comm.size > 1 else ""
         ranks += f" x {a.workers} workers" if a.workers > 1 else ""
@@ -584,6 +636,19 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
         plt.close(fig)
 
 
+def check_data_flags(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse flags that cannot go together: --data with --dataset/--data-dir, --target without a --data CSV."""
+    if args.data_file is not None:
+        both = [f"--{key.replace('_', '-')}" for key in ("dataset", "data_dir") if key in given]
+        if both:
+            raise UsageError(f"--data and {' and '.join(both)} cannot be used together: --data trains on your own "
+                             f"file, {both[0]} on an MNIST-layout dataset; give one of them")
+        return
+    for flag, key in (("--target", "target"), ("--test-size", "test_size")):
+        if getattr(args, key) is not None and key in given:
+            raise UsageError(f"{flag} applies to a --data file; add --data FILE or drop {flag}")
+
+
 def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = None) -> int:
     """Run one training command; returns the exit status. Locks held for ``--save`` are released on any exit."""
     with contextlib.ExitStack() as cleanup:
@@ -676,25 +741,30 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError('--plot needs matplotlib; install it with pip install "xpnn[plot]"') from None
-    for flag, path in (("--resume", args.resume), ("--data-dir", args.data_dir)):
+            raise ValueError("--plot needs matplotlib; install it with pip install matplotlib") from None
+    given = set() if given is None else given
+    for flag, path, what in (("--resume", args.resume, "checkpoint file"), ("--data-dir", args.data_dir, "folder"),
+                             ("--data", args.data_file, ".npz or .csv file")):
         if path == "":
-            raise UsageError(f"{flag}: empty path; give a {'checkpoint file' if flag == '--resume' else 'folder'} "
-                             "or drop the flag")
+            raise UsageError(f"{flag}: empty path; give a {what} or drop the flag")
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
         saved = check_settings(header.get("settings", {}), args.resume)
+        if args.data_file is None and not {"dataset", "data_dir"} & given and saved.get("data_file") is not None:
+            args.data_file = saved["data_file"]  # like every flag not given: taken from the checkpoint
     refused: UsageError | None = None
     try:
-        notes = apply_defaults(args, set() if given is None else given, saved)
+        check_data_flags(args, given)
+        notes = apply_defaults(args, given, saved)
         if saved is not None:
             _check_epochs_left(args, given or set(), saved, header["epoch"])
     except UsageError as error:  # said after the outputs' checks: a --save another run is writing comes first
         notes, refused = [], error
+    data_inputs = ({"--data": [args.data_file]} if args.data_file is not None
+                   else {"--data-dir": input_paths(args.dataset, args.data_dir)})
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
-                  inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
-                  allow_same=[("--save", "--resume")])
+                  inputs={"--resume": args.resume, **data_inputs}, allow_same=[("--save", "--resume")])
     keep_earlier_save = claim_save(args, comm, cleanup)
     if refused is not None:
         raise refused

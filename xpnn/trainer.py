@@ -104,15 +104,16 @@ class Trainer:
         multiply the peak memory, and for a CNN on the CPU are slower too (the C heap returns arrays of tens
         of megabytes to the system after each batch and pages new ones in).
     cuda_graphs : {"auto", "on", "off"}
-        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
-        safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
-        after one warning), ``on`` raises where it is not. Same results.
+        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` wherever it can
+        (torch on CUDA, or CuPy with nvmath-python; one process; dropout and BatchNorm included), with one
+        warning where a GPU step stays eager and after one warning if recording fails; ``on`` raises where it
+        cannot. Same results as eager steps (matrix products may round differently on CuPy).
     workers : int, default 1
         Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`): 2 on a two-core
-        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
-        BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
+        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding and dropout's masks are
+        the same; BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
         1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
-        threadpoolctl (``pip install 'xpnn[threads]'``). A script that trains on NumPy may also want
+        threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy may also want
         :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
 
     Attributes
@@ -161,7 +162,8 @@ class Trainer:
         Parameters
         ----------
         x : array_like, (N, ...)
-            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype).
+            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype). Flat rows
+            (N, C·H·W) for a model of input (C, H, W) are reshaped (:meth:`Sequential.unflatten`).
         y : array_like
             Softmax classifier: integer labels (N,) in [0, C) or one-hot rows (N, C). Binary classifier:
             0/1 targets (N,) or (N, K). Regression: targets (N,) or (N, K). A 1-d target of a binary model
@@ -175,7 +177,7 @@ class Trainer:
             Naming the problem (sizes, NaN, label range, shapes that do not fit the model) before any training.
         """
         be, model = self.model.backend, self.model
-        x, y = _host(x, f"{what}: x"), _host(y, f"{what}: y")
+        x, y = model.unflatten(_host(x, f"{what}: x")), _host(y, f"{what}: y")
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"{what}: x must have shape (N, features...) with N >= 1, got {x.shape}")
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
@@ -234,7 +236,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, data: DeviceData, index: int, progress: bool = False) -> dict[str, Any]:
-        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds shuffle and dropout).
+        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds the shuffle).
 
         Returns this rank's sums as device arrays (nothing is read back): ``loss`` (Σ batch loss × batch
         size), ``correct`` (or None), ``first`` (the first batch's loss × its size), ``first_n``, ``n``.
@@ -247,7 +249,6 @@ class Trainer:
             raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * _schedule_factor(self.schedule, index)
-        entropy = (index,) if comm.size == 1 else (index, comm.rank)
         order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
             order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
@@ -255,17 +256,19 @@ class Trainer:
                 data, order = data.take(order), None
         losses, hits, sizes = [], [], []
         checking, model.check_values = model.check_values, False  # the data was checked once, up front
-        if self.parallel is None:
-            model.reseed(*entropy)
         with _restore_checks(model, checking), \
-                self.parallel.epoch(*entropy) if self.parallel else contextlib.nullcontext(), \
+                self.parallel.epoch() if self.parallel else contextlib.nullcontext(), \
                 ProgressBar(math.ceil(n / batch), f"epoch {index + 1}", unit="batches", enabled=progress) as bar:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 lo, hi = comm.shard(start, stop)
+                first = lo - start  # this rank's first row in the global batch: its part of dropout's masks
                 if self.full_batch_of is not None:  # full batch, sharded: this rank holds only its rows
+                    first = comm.shard(0, self.full_batch_of)[0]
                     lo, hi, stop = 0, n, self.full_batch_of
                 if hi == lo:  # a last batch smaller than the number of ranks leaves some ranks nothing
+                    for layer in model.layers:
+                        layer.advance()  # Dropout counts the step, as on the ranks that trained it
                     comm.allreduce_gradients(model, 0, stop - start)
                     self.optimizer.step()
                     bar.update()
@@ -281,7 +284,7 @@ class Trainer:
                     continue
                 truth = part.targets if part.labels is None else part.labels
                 step = self.parallel.step if self.parallel is not None else partial(train_step, model)
-                loss, hit = step(part.x, part.targets, truth)
+                loss, hit = step(part.x, part.targets, truth, first)
                 comm.allreduce_gradients(model, hi - lo, stop - start)
                 self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
@@ -490,7 +493,8 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
     optimizer : Optimizer
         E.g. ``xpnn.optim.Adam(model, lr=1e-3)``.
     x : array_like, (N, ...)
-        Inputs on the host (NumPy arrays or lists); copied to the model's device once.
+        Inputs on the host (NumPy arrays or lists); copied to the model's device once. Flat rows (N, C·H·W)
+        for a model of input (C, H, W), such as :func:`xpnn.data.load_dataset` gives, are reshaped.
     y : array_like
         Integer labels (N,) or one-hot rows (N, C) for a softmax classifier; 0/1 targets (N,) or (N, K)
         for a binary one; targets (N,) or (N, K) for a regression.
