@@ -241,3 +241,14 @@ def test_a_crafted_machine_setting_is_refused_in_one_short_line(dataset, checkpo
     assert result.returncode == 1
     line = one_error_line(result)
     assert f"the checkpoint's setting '{key}'" in line and len(line) < 300
+
+
+def test_a_flag_the_checkpoint_left_to_its_default_is_named_so(tmp_path):
+    rows = "\n".join(f"{i % 7 / 7:.3f},{i % 5 / 5:.3f},{i % 3}" for i in range(60))
+    data = tmp_path / "t.csv"
+    data.write_text("a,b,label\n" + rows + "\n")
+    save = tmp_path / "ck.npz"
+    assert cli("--data", data, *BASE, "--save", save).returncode == 0
+    result = cli("--data", data, *BASE, "--resume", save, "--target", "a")
+    assert result.returncode == 2
+    assert "--target a differs from the checkpoint's (default)" in one_error_line(result)

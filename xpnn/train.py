@@ -377,6 +377,8 @@ def _differs(value: Any, saved: Any) -> bool:
 
 
 def _show(value: Any) -> str:
+    if value is None:  # a flag left to its default
+        return "(default)"
     if isinstance(value, list):
         return ",".join(map(str, value))
     return "(on)" if value is True else "(off)" if value is False else str(value)
