@@ -244,7 +244,7 @@ def test_a_crafted_machine_setting_is_refused_in_one_short_line(dataset, checkpo
 
 
 def test_a_flag_the_checkpoint_left_to_its_default_is_named_so(tmp_path):
-    rows = "\n".join(f"{i % 7 / 7:.3f},{i % 5 / 5:.3f},{i % 3}" for i in range(60))
+    rows = "\n".join(f"{i % 7 / 7:.3f},{i % 5 / 5:.3f},{i % 3}" for i in range(120))
     data = tmp_path / "t.csv"
     data.write_text("a,b,label\n" + rows + "\n")
     save = tmp_path / "ck.npz"
