@@ -468,3 +468,21 @@ def test_load_state_dict_of_something_other_than_a_dict_is_a_type_error(state):
     model = xpnn.mlp([4, 3], seed=0)
     with pytest.raises(TypeError, match="state: expected a dict of name -> array"):
         model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("width", [5, 1])
+def test_a_standardizing_model_refuses_rows_of_another_width_instead_of_broadcasting(width):
+    """(N, 1) rows would broadcast against four statistics into four made-up features."""
+    model = xpnn.Sequential([xpnn.layers.Standardize((4,)), Affine(4, 3)])
+    with pytest.raises(ValueError, match=r"Standardize.*expected samples of shape \(4,\)"):
+        model.predict(np.ones((2, width), np.float32))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 2.0, float("nan"), -0.5])
+def test_load_data_file_refuses_a_test_size_outside_0_1(tmp_path, fraction):
+    from xpnn.datafile import load_data_file
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,label\n" + "\n".join(f"{i / 10},{i % 2}" for i in range(20)) + "\n")
+    with pytest.raises(ValueError, match="load_data_file: test_size must be"):
+        load_data_file(path, test_size=fraction)

@@ -30,6 +30,7 @@ import numpy as np
 
 from .data import DataError, Dataset, _classes, _few, _split_validation
 from .serialization import FormatError, read_arrays
+from .validation import check_real
 
 __all__ = ["DEFAULT_TEST_SIZE", "load_data_file"]
 
@@ -109,7 +110,8 @@ def load_data_file(path: str | os.PathLike, *, target: str | None = None, test_s
             raise DataError(f"{path}: y_test holds labels {_few(outside)} that are not among the {n_classes} "
                             f"training classes 0..{n_classes - 1}")
     else:
-        fraction = DEFAULT_TEST_SIZE if test_size is None else test_size
+        fraction = DEFAULT_TEST_SIZE if test_size is None else check_real(
+            "load_data_file", "test_size", test_size, low=0.0, high=1.0, low_open=True, high_open=True)
         _hold_out(arrays, fraction, path)
     name = path.name if suffix == ".npz" else f"{path.name} (label column {target!r})"
     dataset = Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], name=name,
