@@ -431,6 +431,10 @@ class Run:
         n = self.data.x_train.shape[0]
         if not args.full_batch and args.batch_size > n:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
+        if min(n if args.full_batch else args.batch_size, n) < self.comm.size:  # every rank needs a sample
+            what = "the training set" if args.full_batch or args.batch_size >= n else f"--batch-size {args.batch_size}"
+            raise UsageError(f"{what} is smaller than the number of processes ({self.comm.size}), so some would have "
+                             f"no sample; use --batch-size {self.comm.size} or more, or fewer processes")
         try:
             self.model = self.build_model()
         except ValueError as error:  # e.g. a CNN whose pooling windows do not fit the images
