@@ -142,6 +142,7 @@ def test_torch_cuda_without_cuda_is_one_line_and_exit_2(dataset):
                                                  "--batch-size 5 would be ignored"),
         (["--resume", ""], "--resume: empty path"),
         (["--data-dir", ""], "--data-dir: empty path"),
+        (["--val", "600"], "--val 600: must be between 1 and 599 (the training set has 600 samples)"),
     ],
 )
 def test_flags_found_wrong_after_parsing_exit_2_with_one_line(dataset, flags, message):

@@ -81,6 +81,11 @@ class DataError(FormatError):
     """A dataset file is missing, corrupted or inconsistent; the message names the file."""
 
 
+class SplitSizeError(DataError):
+    """A split the data is too small for (``val`` of a training set that has fewer samples): an argument, not the
+    files, is wrong, so the command line reports it as a usage error."""
+
+
 @dataclass
 class Dataset:
     """Samples as float32 rows (images flattened, pixels in [0, 1]) and integer labels, all NumPy arrays on the host.
@@ -461,7 +466,7 @@ def _few(values: np.ndarray) -> str:
 def _split_validation(dataset: Dataset, val: int, seed: int) -> None:
     n = dataset.x_train.shape[0]
     if not 0 < val < n:
-        raise DataError(f"--val {val}: must be between 1 and {n - 1} (the training set has {n} samples)")
+        raise SplitSizeError(f"--val {val}: must be between 1 and {n - 1} (the training set has {n} samples)")
     order = np.random.default_rng([seed, 3]).permutation(n)
     keep, held = order[:-val], order[-val:]
     dataset.x_val, dataset.y_val = dataset.x_train[held], dataset.y_train[held]

@@ -35,7 +35,7 @@ from typing import Any
 from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, DataError, input_paths, load_dataset
+from .data import DATASETS, DataError, SplitSizeError, input_paths, load_dataset
 from .datafile import DEFAULT_TEST_SIZE, load_data_file
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .files import OutputError, check_outputs, write_file
@@ -412,16 +412,20 @@ class Run:
             check_workers(args.workers, self.backend, PROG, option="--workers")
         except (ValueError, ImportError) as error:
             raise UsageError(str(error)) from None
-        if args.data_file is not None:
-            try:
-                self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
-                                           val=args.val, seed=args.seed)
-            except DataError:
-                raise
-            except ValueError as error:  # a flag the file contradicts (--target for an .npz, ...)
-                raise UsageError(str(error)) from None
-        else:
-            self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
+        try:
+            if args.data_file is not None:
+                try:
+                    self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
+                                               val=args.val, seed=args.seed)
+                except DataError:
+                    raise
+                except ValueError as error:  # a flag the file contradicts (--target for an .npz, ...)
+                    raise UsageError(str(error)) from None
+            else:
+                self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed,
+                                         quiet=args.quiet)
+        except SplitSizeError as error:  # --val as large as the training set
+            raise UsageError(str(error)) from None
         self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train, self.data.class_names)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
             source = (f"--data {args.data_file}" if args.data_file is not None
