@@ -486,3 +486,31 @@ def test_load_data_file_refuses_a_test_size_outside_0_1(tmp_path, fraction):
     path.write_text("a,label\n" + "\n".join(f"{i / 10},{i % 2}" for i in range(20)) + "\n")
     with pytest.raises(ValueError, match="load_data_file: test_size must be"):
         load_data_file(path, test_size=fraction)
+
+
+def test_checkpoints_refuse_an_optimizer_of_another_model(tmp_path):
+    from xpnn.checkpoint import load_checkpoint, save_checkpoint
+
+    model, other = xpnn.mlp([4, 3], seed=0), xpnn.mlp([4, 3], seed=1)
+    with pytest.raises(ValueError, match="save_checkpoint: the Adam was made for another model"):
+        save_checkpoint(tmp_path / "c.npz", model, Adam(other, lr=0.1), 1, [], {})
+    assert not (tmp_path / "c.npz").exists()
+    save_checkpoint(tmp_path / "c.npz", model, Adam(model, lr=0.1), 1, [], {})
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="load_checkpoint: the Adam was made for another model"):
+        load_checkpoint(tmp_path / "c.npz", model, Adam(other, lr=0.1))
+    assert all(np.array_equal(before[k], other.state_dict()[k]) for k in before)
+
+
+@pytest.mark.parametrize(("epoch", "history", "error", "message"), [
+    (-1, [], xpnn.FormatError, "save_checkpoint: epoch must be a whole number >= 0"),
+    (1.5, [], xpnn.FormatError, "save_checkpoint: epoch must be a whole number >= 0"),
+    (1, [object()], TypeError, "save_checkpoint: history and settings must hold JSON values"),
+])
+def test_save_checkpoint_never_writes_what_load_checkpoint_refuses(tmp_path, epoch, history, error, message):
+    from xpnn.checkpoint import save_checkpoint
+
+    model = xpnn.mlp([4, 3], seed=0)
+    with pytest.raises(error, match=message):
+        save_checkpoint(tmp_path / "c.npz", model, Adam(model, lr=0.1), epoch, history, {})
+    assert not (tmp_path / "c.npz").exists()
