@@ -399,7 +399,8 @@ def data_fingerprint(x: Any, y: Any, class_names: Sequence[str] | None = None) -
 class Run:
     """Everything one invocation builds, so that the steps below stay short."""
 
-    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None, comm: Any = None):
+    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None, comm: Any = None,
+                 given: set[str] | None = None):
         self.args = args
         self.comm = Local() if comm is None else comm
         quiet = args.quiet or not self.comm.is_root
@@ -430,10 +431,14 @@ class Run:
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
             source = (f"--data {args.data_file}" if args.data_file is not None
                       else f"{self.data.directory} (dataset {args.dataset})")
+            if args.data_file is None and isinstance(saved.get("data_file"), str):
+                raise UsageError(f"--resume: the checkpoint was trained on --data {saved['data_file']}, not on "
+                                 f"{source}; drop --dataset and --data-dir to train on that file again")
             raise UsageError(f"--resume: the checkpoint was trained on other data than {source} (--val {args.val}); "
                              f"point {'--data' if args.data_file is not None else '--data-dir'} at the same files")
         n = self.data.x_train.shape[0]
-        if not args.full_batch and args.batch_size > n:
+        chosen = given is None or "batch_size" in given  # the default (or a checkpoint's) takes a small set whole
+        if not args.full_batch and args.batch_size > n and chosen:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
         if min(n if args.full_batch else args.batch_size, n) < self.comm.size:  # every rank needs a sample
             what = "the training set" if args.full_batch or args.batch_size >= n else f"--batch-size {args.batch_size}"
@@ -537,7 +542,7 @@ class Run:
             kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
         if a.standardize:
             kind += " (standardized inputs)"
-        batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
+        batch = "full batch" if a.full_batch else f"batch {min(a.batch_size, d.x_train.shape[0])}"
         ranks = f" x {self.comm.size} processes" if self.comm.size > 1 else ""
         ranks += f" x {a.workers} workers" if a.workers > 1 else ""
         return (f"{kind} ({self.model.n_parameters:,} parameters) on {d.name} "
@@ -778,7 +783,7 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
     keep_earlier_save = claim_save(args, comm, cleanup)
     if refused is not None:
         raise refused
-    run = Run(args, saved, comm)
+    run = Run(args, saved, comm, given)
     for warning in notes:  # once the outputs, data and model are accepted: a refused run says only why
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if (note := run.machine_warning(saved)) and run.comm.is_root:
