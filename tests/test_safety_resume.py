@@ -252,3 +252,13 @@ def test_a_flag_the_checkpoint_left_to_its_default_is_named_so(tmp_path):
     result = cli("--data", data, *BASE, "--resume", save, "--target", "a")
     assert result.returncode == 2
     assert "--target a differs from the checkpoint's (default)" in one_error_line(result)
+
+
+def test_a_checkpoint_of_every_cpu_device_resumes(dataset, tmp_path):
+    """Device kinds such as array-api-strict's long name are valid settings, not crafted ones."""
+    pytest.importorskip("array_api_strict")
+    save = tmp_path / "strict.npz"
+    assert cli("--data-dir", dataset, *BASE, "--epochs", "1", "--device", "array_api_strict",
+               "--save", save).returncode == 0
+    result = cli("--data-dir", dataset, *BASE, "--resume", save, "--device", "array_api_strict", "--save", save)
+    assert result.returncode == 0, result.stderr

@@ -343,7 +343,7 @@ def check_settings(saved: Any, path: str) -> dict[str, Any]:
         elif key == "init" and value is None:
             ok = True
         elif key == "device":  # a kind of device, as device_kind() writes it
-            ok = isinstance(value, str) and 0 < len(value) <= 40 and value.isprintable()
+            ok = isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
         elif key == "processes":
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         elif key in actions:
