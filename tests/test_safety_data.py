@@ -246,7 +246,8 @@ def test_resuming_a_data_file_checkpoint_on_an_idx_folder_names_the_file(tmp_pat
     data_file, save = _small_csv(tmp_path / "small.csv"), tmp_path / "ck.npz"
     assert cli.main(["--data", str(data_file), "--epochs", "1", "--hidden", "3", "--save", str(save), "--quiet"]) == 0
     folder = make_dataset(tmp_path / "idx")
-    assert cli.main(["--resume", str(save), "--epochs", "2", "--data-dir", str(folder)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.endswith(f"the checkpoint was trained on --data {data_file}, not on {folder} (dataset mnist); drop "
-                        "--dataset and --data-dir to train on that file again")
+    for flags, named in ((["--data-dir", str(folder)], "--data-dir"), (["--dataset", "fashion-mnist"], "--dataset")):
+        assert cli.main(["--resume", str(save), "--epochs", "2", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"the checkpoint was trained on --data {data_file}, not on an MNIST-layout dataset; "
+                            f"drop {named} to train on that file again")

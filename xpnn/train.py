@@ -431,9 +431,6 @@ class Run:
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
             source = (f"--data {args.data_file}" if args.data_file is not None
                       else f"{self.data.directory} (dataset {args.dataset})")
-            if args.data_file is None and isinstance(saved.get("data_file"), str):
-                raise UsageError(f"--resume: the checkpoint was trained on --data {saved['data_file']}, not on "
-                                 f"{source}; drop --dataset and --data-dir to train on that file again")
             raise UsageError(f"--resume: the checkpoint was trained on other data than {source} (--val {args.val}); "
                              f"point {'--data' if args.data_file is not None else '--data-dir'} at the same files")
         n = self.data.x_train.shape[0]
@@ -771,6 +768,10 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
     refused: UsageError | None = None
     try:
         check_data_flags(args, given)
+        if saved is not None and args.data_file is None and isinstance(saved.get("data_file"), str):
+            flags = " and ".join(f"--{key.replace('_', '-')}" for key in ("dataset", "data_dir") if key in given)
+            raise UsageError(f"--resume: the checkpoint was trained on --data {saved['data_file']}, not on an "
+                             f"MNIST-layout dataset; drop {flags} to train on that file again")
         notes = apply_defaults(args, given, saved)
         if saved is not None:
             _check_epochs_left(args, given or set(), saved, header["epoch"])
