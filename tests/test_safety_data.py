@@ -8,6 +8,7 @@ and Fashion-MNIST are 10 classes of 28x28 images.
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,20 @@ def test_resuming_a_data_file_checkpoint_on_an_idx_folder_names_the_file(tmp_pat
         err = capsys.readouterr().err.strip()
         assert err.endswith(f"the checkpoint was trained on --data {data_file}, not on an MNIST-layout dataset; "
                             f"drop {named} to train on that file again")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "loop", "dangling"])
+def test_an_idx_name_that_is_not_a_file_is_named_not_called_missing(tmp_path, kind):
+    folder = make_dataset(tmp_path / "d")
+    target = folder / "train-images-idx3-ubyte.gz"
+    target.unlink()
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "loop":
+        os.symlink(target, target)
+    else:
+        os.symlink(tmp_path / "nowhere", target)
+    with pytest.raises(DataError, match=f"{target}: not a regular file"):
+        load_dataset("mnist", folder)

@@ -369,6 +369,10 @@ def load_dataset(
         if data_dir is not None:
             folder = Path(data_dir)
             missing = [s for s in FILES.values() if not (folder / s).is_file() and not (folder / f"{s}.gz").is_file()]
+            odd = [folder / n for s in missing for n in (s, f"{s}.gz") if os.path.lexists(folder / n)]
+            if odd:  # the name is there, as a folder, FIFO or broken link: "missing" would send the user looking
+                raise DataError(f"{odd[0]}: not a regular file (a folder, a FIFO or a broken or looping symbolic "
+                                "link); --data-dir needs the four IDX files as files")
             raise DataError(f"{data_dir}: missing MNIST-layout files (need {', '.join(missing)}, .gz or raw)")
         if not download_missing:
             raise DataError(f"{name} not found (looked in {', '.join(looked)}) and downloading is off")
