@@ -71,8 +71,9 @@ class Backend:
         if library == "torch" and isinstance(device, str):
             device = namespace.device(device)
         # Canonical form, as arrays report it (torch's "cuda" becomes "cuda:0"), so comparisons hold.
-        device = array_api_compat.device(probe if device is None else xp.zeros(1, device=device))
-        name = library if str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
+        default = array_api_compat.device(probe)
+        device = default if device is None else array_api_compat.device(xp.zeros(1, device=device))
+        name = library if device == default or str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
         return cls(xp=xp, device=device, dtype_name=dtype, name=name, _library=library)
 
     # ------------------------------------------------------------------ dtypes
@@ -377,12 +378,23 @@ def to_numpy(a: Any) -> np.ndarray:
     if lib == "torch":
         a = a.detach()
         return a.numpy().copy() if a.device.type == "cpu" else a.cpu().numpy()  # numpy() alone shares memory
-    return np.from_dlpack(a)
+    try:
+        return np.from_dlpack(a)
+    except (BufferError, TypeError, AttributeError, RuntimeError, ValueError):
+        pass  # a library without DLPack export (ndonnx, dask.array): ask it for NumPy data another way
+    if hasattr(a, "__array__"):
+        return np.array(a)
+    unwrap = getattr(a, "unwrap_numpy", None) or getattr(a, "to_numpy", None)
+    host = unwrap() if unwrap is not None else None
+    if not isinstance(host, np.ndarray | np.generic):
+        raise TypeError(f"cannot copy a {type(a).__module__}.{type(a).__name__} to NumPy: it exports neither "
+                        "DLPack nor __array__; convert it to a NumPy array yourself")
+    return np.array(host)
 
 
 def _library_name(a: Any) -> str:
     module = type(a).__module__.split(".")[0]
-    return {"array_api_strict": "array_api_strict"}.get(module, module)
+    return {"jaxlib": "jax"}.get(module, module)  # JAX's arrays are defined in jaxlib
 
 
 def _probe_array(namespace: Any) -> Any:
