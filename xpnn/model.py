@@ -600,6 +600,19 @@ class Sequential:
         arrays = {name: self.backend.to_numpy(value) for name, value in self.state_dict().items()}
         return write_npz(path, arrays, {"kind": "model", "config": self.config(), "seed": self.seed})
 
+    def to_onnx(self, path: str | os.PathLike, *, output: str | None = None, opset: int | None = None,
+                input_shape: Sequence[int] | None = None, dtype: str = "float32") -> Path:
+        """Write this model as an ONNX file with a dynamic batch axis (see :func:`xpnn.export_onnx`).
+
+        ``output``: ``"probabilities"`` (the default for a classifier, as :meth:`predict_proba`) or
+        ``"logits"`` (the raw outputs, as :meth:`predict`; the default for a regression). Needs the
+        ``onnx`` package (``pip install onnx onnxruntime``).
+        """
+        from .onnx_export import DEFAULT_OPSET, export_onnx
+
+        return export_onnx(self, path, output=output, opset=DEFAULT_OPSET if opset is None else opset,
+                           input_shape=input_shape, dtype=dtype)
+
     def _check_input(self, x: Any) -> None:
         self.backend.check_array(x, "Sequential input")
         if self.check_values and bool(self.backend.xp.any(self.backend.xp.isnan(x))):
