@@ -174,3 +174,12 @@ def test_backend_is_named_after_the_library_and_copies_back_to_numpy(library):
     host = backend.to_numpy(a)
     assert isinstance(host, np.ndarray) and host.dtype == np.float32
     np.testing.assert_array_equal(host, np.arange(6.0).reshape(2, 3))
+
+
+def test_jax_in_float64_without_x64_is_refused_with_the_fix():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", False)  # the autouse fixture puts it back
+    with pytest.raises(xpnn.BackendError, match=r"jax made float32 arrays when asked for float64; enable it with "
+                                                r"jax.config.update\("):
+        xpnn.get_backend(jax.numpy, "float64")
+    assert xpnn.get_backend(jax.numpy).dtype_name == "float32"

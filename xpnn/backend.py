@@ -9,6 +9,7 @@ import numpy or cupy and never ask which library they have.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,13 @@ class Backend:
         default = array_api_compat.device(probe)
         device = default if device is None else array_api_compat.device(xp.zeros(1, device=device))
         name = library if device == default or str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JAX warns as well; the error below says more
+            made = xp.zeros(1, dtype=getattr(xp, dtype), device=device).dtype
+        if made != getattr(xp, dtype):  # JAX makes float32 arrays when asked for float64, unless told otherwise
+            hint = ('; enable it with jax.config.update("jax_enable_x64", True) before creating arrays'
+                    if library == "jax" else "")
+            raise BackendError(f"{name} made {made} arrays when asked for {dtype}{hint}")
         return cls(xp=xp, device=device, dtype_name=dtype, name=name, _library=library)
 
     # ------------------------------------------------------------------ dtypes

@@ -602,11 +602,27 @@ class Sequential:
 
     def to_onnx(self, path: str | os.PathLike, *, output: str | None = None, opset: int | None = None,
                 input_shape: Sequence[int] | None = None, dtype: str = "float32") -> Path:
-        """Write this model as an ONNX file with a dynamic batch axis (see :func:`xpnn.export_onnx`).
+        """Write this model (evaluation mode) as an ONNX file with a dynamic batch axis, atomically.
 
-        ``output``: ``"probabilities"`` (the default for a classifier, as :meth:`predict_proba`) or
-        ``"logits"`` (the raw outputs, as :meth:`predict`; the default for a regression). Needs the
-        ``onnx`` package (``pip install onnx onnxruntime``).
+        Parameters
+        ----------
+        path : path-like
+            The ``.onnx`` file to write.
+        output : {"probabilities", "logits"}, optional
+            Default: ``"probabilities"`` for a classifier (what :meth:`predict_proba` gives) and the raw
+            outputs for a regression (what :meth:`predict` gives); ``"logits"`` always gives the raw outputs.
+        opset : int, optional
+            ONNX opset, 13 or later (default 17).
+        input_shape : tuple of int, optional
+            Shape of one sample, e.g. ``(1, 28, 28)``; defaults to the model's own.
+        dtype : {"float32", "float64"}
+            Floating type of the input, weights and output.
+
+        Returns
+        -------
+        Path
+            The file written: input ``"input"`` (N, *input_shape), output ``"probabilities"`` or
+            ``"logits"`` (N, n_out). See :func:`xpnn.export_onnx`; needs ``pip install onnx onnxruntime``.
         """
         from .onnx_export import DEFAULT_OPSET, export_onnx
 
