@@ -387,7 +387,9 @@ def to_numpy(a: Any) -> np.ndarray:
         a = a.detach()
         return a.numpy().copy() if a.device.type == "cpu" else a.cpu().numpy()  # numpy() alone shares memory
     try:
-        return np.from_dlpack(a)
+        # A copy: a DLPack view shares the library's memory (array-api-strict, marray, JAX), and NumPy
+        # refuses to export a read-only view again (marray wrapping such a view could not be read back).
+        return np.array(np.from_dlpack(a))
     except (BufferError, TypeError, AttributeError, RuntimeError, ValueError):
         pass  # a library without DLPack export (ndonnx, dask.array): ask it for NumPy data another way
     if hasattr(a, "__array__"):
