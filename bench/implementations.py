@@ -196,7 +196,7 @@ def pytorch_compiled_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batc
 
 # ---------------------------------------------------------------------- hand-written NumPy
 def numpy_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
-    """What the seed tutorials write: float32 NumPy, no framework, shuffled minibatches."""
+    """What the classic tutorials write: float32 NumPy, no framework, shuffled minibatches."""
     rng = np.random.default_rng(0)
     weights = [(rng.standard_normal(shape) * np.sqrt(2 / shape[0])).astype(np.float32)
                for shape in itertools.pairwise(SIZES)]
@@ -290,7 +290,7 @@ def gflops(n: int, batch: int, seconds: float) -> float:
     return epoch_flops(n, batch) / seconds / 1e9 if seconds > 0 and math.isfinite(seconds) else float("nan")
 
 
-# ---------------------------------------------------------------------- the CNN of issue 8
+# ---------------------------------------------------------------------- the CNN of xpnn.cnn()
 # conv 1->32 3x3 pad 1, ReLU, max-pool 2; conv 32->64 3x3 pad 1, ReLU, max-pool 2; 3136->128, ReLU; 128->10.
 CNN_LR = 0.01
 

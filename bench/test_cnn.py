@@ -1,4 +1,4 @@
-"""Seconds per CNN training epoch (the two-conv network of issue 8) at batch 128, side by side.
+"""Seconds per CNN training epoch (the two-conv network of xpnn.cnn()) at batch 128, side by side.
 
     python -m pytest bench/test_cnn.py --benchmark-only --benchmark-json=bench/results/cnn.json
     python bench/test_cnn.py bench/results/cnn.json          # the table, with ratios of minimums

@@ -128,7 +128,7 @@ def test_distributed_epoch(benchmark, jobs, layout, batch):
 
 def test_allreduce_alone(benchmark, jobs):
     """50 all-reduces of the MLP's gradients (0.94 MB in float32) on 2 ranks in step: the cost per step that
-    docs/distributed.md scales to N GPUs."""
+    docs/benchmarks/distributed.md scales to N GPUs."""
     try:
         job = jobs("2x1", 128)
     except LookupError as error:

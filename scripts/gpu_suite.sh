@@ -2,6 +2,12 @@
 # The GPU checks, for a machine with an NVIDIA GPU, CuPy and torch. Stages (all when none is named):
 #   tests      the whole test suite, which then also runs on CuPy and torch-CUDA (in parallel with pytest-xdist
 #              where it is installed), and the capture and fused-kernel tests on their own (they must not skip);
+#   capture    one epoch of the CLI's default MLP and CNN with --cuda-graphs on, on CuPy and torch-CUDA: each must
+#              capture (exit 0; exit 2 names why it cannot);
+#   defaults   the CLI's default networks (MLP with dropout 0.1, CNN with dropout 0.5) at batch 128, captured and
+#              eager, on CuPy and torch-CUDA, against PyTorch eager (data on the GPU) and torch.compile
+#              (reduce-overhead): bench/defaults_gpu.py, defaults.json and defaults.md (XPNN_DEFAULTS_ROUNDS);
+#   tta        time to accuracy: the CNN command on CuPy, wall time from process start to exit, and its accuracy;
 #   train      the default MLP command on Fashion-MNIST on the GPU and on the CPU (same seed), and the CNN
 #              (--model cnn) on CuPy and on torch-CUDA;
 #   bench-gpu  the GPU rows of bench/test_epoch.py and bench/test_cnn.py (torch.compile and capture-off rows
@@ -14,7 +20,7 @@
 set -uo pipefail
 out=${1:-bench/results/gpu}
 shift || true
-stages=${*:-tests train bench-gpu bench-cpu cli profile}
+stages=${*:-tests capture defaults tta train bench-gpu bench-cpu cli profile}
 mkdir -p "$out"
 status=0
 has() { [[ " $stages " == *" $1 "* ]]; }
@@ -23,8 +29,35 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 if has tests; then
   parallel=$(python -c "import xdist" 2>/dev/null && echo "-n 16")
   python -m pytest tests -q -p no:cacheprovider -rs --durations=15 $parallel 2>&1 | tee "$out/tests.txt" | tail -n 3 || status=1
-  python -m pytest tests/test_graphs.py tests/test_fused.py -q -p no:cacheprovider -rs 2>&1 \
-    | tee "$out/tests-fast.txt" | tail -n 3 || status=1
+  python -m pytest tests/test_graphs.py tests/test_fused.py tests/test_dropout_masks.py -q -p no:cacheprovider -rs \
+    2>&1 | tee "$out/tests-fast.txt" | tail -n 3 || status=1
+fi
+
+if has capture; then
+  for device in gpu torch:cuda; do
+    for model in mlp cnn; do
+      name=capture-$model-${device/:/-}
+      python -m xpnn.train --model "$model" --device "$device" --dataset fashion-mnist --epochs 1 --cuda-graphs on \
+        > "$out/$name.txt" 2>&1 || { rc=$?; status=1; echo "$name: FAILED (exit $rc)"; }
+      echo "$name: $(tail -n 1 "$out/$name.txt")"
+    done
+  done
+fi
+
+if has defaults; then
+  python bench/defaults_gpu.py --rounds "${XPNN_DEFAULTS_ROUNDS:-5}" --json "$out/defaults.json" \
+    --md "$out/defaults.md" > "$out/defaults.txt" 2>&1 || status=1
+  cat "$out/defaults.md" 2>/dev/null || tail -n 20 "$out/defaults.txt"
+fi
+
+if has tta; then
+  start=$(date +%s.%N)
+  python -m xpnn.train --dataset fashion-mnist --model cnn --device gpu --metrics "$out/tta-cnn-gpu.jsonl" \
+    > "$out/tta-cnn-gpu.txt" 2>&1 || status=1
+  end=$(date +%s.%N)
+  echo "time to accuracy (CNN, CuPy): $(python -c "print(f'{$end - $start:.1f}')") s wall from start to exit" \
+    | tee "$out/tta.txt"
+  tail -n 2 "$out/tta-cnn-gpu.txt" | tee -a "$out/tta.txt"
 fi
 
 if has train; then

@@ -17,7 +17,7 @@ from xpnn.backend import Backend, BackendError
 
 BACKENDS = ["numpy", "strict", "strict-device1", "torch", "cupy", "torch-cuda"]
 # Further conforming libraries, tested by tests/test_array_libraries.py (a train step and float64 gradient
-# checks of whole models) rather than by every test: "pip install 'xpnn[backends]'" brings them.
+# checks of whole models) rather than by every test; the backends extra of pyproject.toml brings them.
 MORE_BACKENDS = ["jax", "dask", "ndonnx", "marray"]
 
 
@@ -34,11 +34,11 @@ def make_backend(name: str, dtype: str = "float32") -> Backend:
         return Backend.from_namespace(array_api_strict, device=device, dtype=dtype)
     if name == "torch":
         if importlib.util.find_spec("torch") is None:
-            pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
+            pytest.skip("torch is not installed (pip install torch)")
         return xpnn.get_backend("torch", dtype)
     if name == "torch-cuda":
         if importlib.util.find_spec("torch") is None:
-            pytest.skip("torch is not installed (pip install 'xpnn[torch]')")
+            pytest.skip("torch is not installed (pip install torch)")
         import torch
 
         if not torch.cuda.is_available():
@@ -52,7 +52,7 @@ def make_backend(name: str, dtype: str = "float32") -> Backend:
     if name in MORE_BACKENDS:
         module = {"jax": "jax.numpy", "dask": "dask.array"}.get(name, name)
         if importlib.util.find_spec(name) is None:
-            pytest.skip(f"{name} is not installed (pip install 'xpnn[backends]')")
+            pytest.skip(f"{name} is not installed (pip install {name})")
         namespace = importlib.import_module(module)
         if name == "marray":
             namespace = namespace.masked_namespace(np)  # masked arrays over NumPy

@@ -2,7 +2,7 @@
 
 Each library runs one optimizer step, which must give the parameters NumPy's step gives (the initial weights and
 the dropout masks are drawn on the host, so both start identical), and passes float64 gradient checks of whole
-models. A library that is not installed is skipped (``pip install 'xpnn[backends]'`` brings them all).
+models. A library that is not installed is skipped (``pip install jax dask ndonnx marray`` brings them).
 """
 
 from __future__ import annotations

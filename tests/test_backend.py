@@ -21,7 +21,7 @@ def test_import_pulls_in_neither_cupy_nor_torch():
 
 def test_gpu_without_cupy_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
-    with pytest.raises(BackendError, match=r'needs CuPy, which is not installed.*pip install "xpnn\[gpu\]"'):
+    with pytest.raises(BackendError, match=r'needs CuPy, which is not installed.*pip install cupy-cuda12x'):
         get_backend("gpu")
 
 

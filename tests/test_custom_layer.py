@@ -1,5 +1,5 @@
-"""The custom-layer contract: the example in docs/custom_layer.md runs, checks its gradients on every backend,
-saves and loads; a layer that cannot be rebuilt is refused at save time instead of reloading wrong."""
+"""The custom-layer contract: the example in docs/user_guide/custom_layers.md runs, checks its gradients on every
+backend, saves and loads; a layer that cannot be rebuilt is refused at save time instead of reloading wrong."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import xpnn
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "custom_layer.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "user_guide" / "custom_layers.md"
 
 
 def doc_namespace() -> dict:

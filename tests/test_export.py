@@ -23,6 +23,7 @@ from xpnn.layers import (
     MaxPool2d,
     ReLU,
     Sigmoid,
+    Standardize,
     Tanh,
 )
 from xpnn.losses import BCEWithLogits, MeanSquaredError
@@ -40,9 +41,12 @@ def with_random_state(model, seed=0):
     rng = np.random.default_rng(seed)
     state = {}
     for name, value in model.state_dict().items():
+        if not model.backend.xp.isdtype(value.dtype, "real floating"):
+            continue  # Dropout's seed and step
         shape = tuple(value.shape)
-        state[name] = rng.uniform(0.5, 2.0, shape) if name.endswith("running_var") else rng.normal(0, 0.5, shape)
-    model.load_state_dict(state)
+        positive = name.endswith(("running_var", ".std"))
+        state[name] = rng.uniform(0.5, 2.0, shape) if positive else rng.normal(0, 0.5, shape)
+    model.load_state_dict(state, strict=False)
     return model
 
 
@@ -70,6 +74,7 @@ MLPS = {
     "dropout": lambda: xpnn.mlp([6, 8, 7, 5], dropout=0.4),
     "batchnorm": lambda: xpnn.mlp([6, 8, 7, 5], batchnorm=True),
     "no-bias": lambda: xpnn.Sequential([Affine(6, 8, bias=False), ReLU(), Affine(8, 5, bias=False)]),
+    "standardize": lambda: xpnn.Sequential([Standardize((6,)), Affine(6, 8), ReLU(), Affine(8, 5)], input_shape=(6,)),
     "bce": lambda: xpnn.mlp([6, 8, 3], loss=BCEWithLogits()),
     "bce-one-output": lambda: xpnn.mlp([6, 8, 1], loss=BCEWithLogits()),
 }
@@ -120,6 +125,8 @@ CNNS = {
                                  input_shape=(1, 8, 8)),
     "avgpool-overlapping-edge": lambda: cnn_model(AvgPool2d((3, 2), stride=(2, 3)), Flatten(), Affine(2 * 3 * 3, 4),
                                                   input_shape=(2, 7, 8)),
+    "standardize-channels": lambda: cnn_model(Standardize((2, 1, 1)), Conv2d(2, 3, 3), ReLU(), Flatten(),
+                                              Affine(3 * 4 * 5, 3), input_shape=(2, 6, 7)),
     "batchnorm2d": lambda: cnn_model(Conv2d(2, 4, 3, padding=1), BatchNorm2d(4), LeakyReLU(0.1), MaxPool2d(2),
                                      Dropout(0.5), Flatten(), Affine(4 * 3 * 3, 3), input_shape=(2, 6, 7)),
 }

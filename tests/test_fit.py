@@ -227,3 +227,102 @@ def test_early_stopping_patience_counts_epochs_without_improvement_as_keras_does
     for epoch, loss in enumerate([1.2, 1.1, 0.8, 1.2], start=1):
         stop.on_epoch_end(trainer, {"epoch": epoch, "val_loss": loss})
     assert trainer.stop_training and stop.stopped_epoch == 4
+
+
+# ---------------------------------------------------------------------- misuse Keras and PyTorch users make
+def test_an_optimizer_of_another_model_is_refused_in_one_line():
+    x, y = blobs()
+    model_a, model_b = xpnn.mlp([6, 8, 3], seed=0), xpnn.mlp([6, 8, 3], seed=1)
+    before = {k: np.copy(v) for k, v in model_a.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^fit: the Adam was made for another model") as caught:
+        xpnn.fit(model_b, xpnn.optim.Adam(model_a), x, y, epochs=1, verbose=False)
+    assert "\n" not in str(caught.value)
+    for name, value in model_a.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])  # nothing trained behind the user's back
+    with pytest.raises(TypeError, match=r"optimizer must be an xpnn optimizer made for the model.*got 'adam'"):
+        xpnn.fit(model_b, "adam", x, y, epochs=1, verbose=False)
+    with pytest.raises(TypeError, match="model must be an xpnn Sequential"):
+        xpnn.fit([model_b], xpnn.optim.Adam(model_b), x, y, epochs=1, verbose=False)
+
+
+def test_a_model_with_nothing_to_train_is_refused():
+    x, y = blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    optimizer = xpnn.optim.Adam(model)
+    model.freeze()
+    with pytest.raises(ValueError, match="every layer of the model is frozen"):
+        xpnn.fit(model, optimizer, x, y, epochs=1, verbose=False)
+    model.unfreeze()
+    model.freeze(0)
+    first_only = xpnn.optim.SGD(model, lr=0.1, params=["0.W", "0.b"])
+    with pytest.raises(ValueError, match=r"every parameter the SGD trains \(0.W, 0.b\) is frozen"):
+        xpnn.fit(model, first_only, x, y, epochs=1, verbose=False)
+    assert len(xpnn.fit(model, optimizer, x, y, epochs=1, verbose=False)) == 1  # one trainable layer is enough
+    empty = xpnn.Sequential([xpnn.layers.ReLU()], loss=xpnn.losses.SoftmaxCrossEntropy())
+    with pytest.raises(ValueError, match="no parameters to train"):
+        xpnn.fit(empty, xpnn.optim.SGD(empty, lr=0.1), x[:, :3], y, epochs=1, verbose=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"epochs": -1}, ValueError, "epochs must be a positive integer"),
+        ({"epochs": True}, ValueError, "epochs must be a positive integer"),
+        ({"epochs": 2.0}, ValueError, "epochs must be a positive integer"),
+        ({"batch_size": True}, ValueError, "batch_size must be a positive integer"),
+        ({"batch_size": 32.0}, ValueError, "batch_size must be a positive integer"),
+        ({"validation_split": -0.1}, ValueError, r"validation_split must be in \[0, 1\)"),
+        ({"validation_split": "0.2"}, ValueError, r"validation_split must be in \[0, 1\)"),
+        ({"validation_split": True}, ValueError, r"validation_split must be in \[0, 1\)"),
+        ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ({"callbacks": EarlyStopping()}, TypeError, r"wrap the one you have: callbacks=\[EarlyStopping"),
+        ({"callbacks": [print]}, TypeError, "is not an xpnn.callbacks.Callback; subclass it, or wrap a function"),
+        ({"callbacks": 3}, TypeError, "callbacks must be a list"),
+        ({"validation_data": (np.zeros((5, 6), np.float32), np.zeros(4, int))}, ValueError,
+         "val data: x has 5 samples but y has shape"),
+        ({"validation_data": (np.zeros((5, 6), np.float32), np.full(5, 7))}, ValueError,
+         r"val data: labels must lie in \[0, 3\)"),
+    ],
+)
+def test_more_misuse_is_one_line_before_training(kwargs, error, message):
+    x, y = blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    before = {k: np.copy(v) for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message) as caught:
+        xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, verbose=False, **{"epochs": 1, **kwargs})
+    assert "\n" not in str(caught.value)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_ragged_lists_are_one_line():
+    model = xpnn.mlp([2, 4, 2], seed=0)
+    with pytest.raises(ValueError, match=r"fit: x: cannot be made one array .*rows of equal length"):
+        xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), [[0.0, 1.0], [1.0]], [0, 1], epochs=1, verbose=False)
+
+
+def test_none_callbacks_and_a_batch_larger_than_the_data_train_as_in_keras():
+    x, y = blobs(n=40)
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, epochs=2, batch_size=1000, callbacks=None,
+                       verbose=False)
+    assert len(history) == 2  # one full batch per epoch, as Keras clips batch_size to the data
+
+
+def test_label_columns_and_integer_one_hot_rows_train_like_labels():
+    x, y = blobs()
+    runs = []
+    for targets in (y, y[:, None], np.eye(3, dtype=np.int64)[y], np.eye(3, dtype=bool)[y]):
+        model = xpnn.mlp([6, 8, 3], seed=0)
+        runs.append(xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, targets, epochs=2, verbose=False))
+    for history in runs[1:]:
+        assert history["train_loss"] == runs[0]["train_loss"]
+        assert history["train_accuracy"] == runs[0]["train_accuracy"]
+
+
+def test_pandas_frames_are_accepted():
+    pd = pytest.importorskip("pandas")
+    x, y = blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), pd.DataFrame(x), pd.Series(y), epochs=1, verbose=False)
+    assert len(history) == 1

@@ -1,4 +1,4 @@
-"""Issue 7, class 6: the library refuses misuse instead of computing garbage; and optimizer state (class 4)
+"""The library refuses misuse instead of computing garbage; and optimizer state
 is checked key by key and shape by shape. References are computed here in NumPy, never by the code under test."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7, class 3: data is validated against what the dataset is.
+"""Data is validated against what the dataset is.
 
 Classes are 0..K-1 with every class present in the training labels (never max(label) + 1 taken on
 faith), test labels lie among them, labels are integers, train and test images have one shape, and MNIST

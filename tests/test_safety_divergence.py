@@ -6,6 +6,8 @@ more than 100 times the loss of the first batch trained. Checked once per epoch,
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pytest
 
@@ -36,25 +38,59 @@ def test_a_huge_learning_rate_stops_with_one_line_and_keeps_the_last_good_checkp
     assert f"the last good checkpoint (epoch 0) is in {save}" in line
     arrays, header = checkpoint_state(save)
     assert header["epoch"] == 0 and header["history"] == []
-    assert all(np.all(np.isfinite(a)) and np.abs(a).max() < 10 for a in arrays.values())
+    weights = [a for a in arrays.values() if a.dtype.kind == "f"]  # not dropout's integer seed and step
+    assert weights and all(np.all(np.isfinite(a)) and np.abs(a).max() < 10 for a in weights)
     assert not log.exists()  # no metrics for an epoch that diverged
 
 
-def test_resuming_the_last_good_checkpoint_at_a_small_lr_trains(dataset, tmp_path):
-    save = tmp_path / "ck.npz"
-    assert cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "1e6", "--save", save).returncode == 1
-    log = tmp_path / "m.jsonl"
-    # A fresh run from the kept checkpoint: the lr differs, so it is refused for --resume, and a new --save works.
-    refused = cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "0.05", "--resume", save)
-    assert refused.returncode == 2 and "--lr 0.05 differs from the checkpoint's 1000000.0" in refused.stderr
-    model = xpnn.mlp([64, 16, 3], dropout=0.1, seed=1)
-    arrays, _ = checkpoint_state(save)
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    x, y = np.random.default_rng(0).random((60, 64)).astype(np.float32), np.arange(60) % 3
-    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.05), x, y, epochs=2, verbose=False)
-    assert all(np.isfinite(row["train_loss"]) for row in history)
-    assert cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "0.05", "--metrics", log).returncode == 0
+def test_the_advice_after_a_divergence_works_when_followed_literally(dataset, tmp_path):
+    save, log = tmp_path / "ck.npz", tmp_path / "m.jsonl"
+    command = ["--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "1e6", "--save", save]
+    line = one_error_line(cli(*command))
+    advice = line.split("continue from it with ", 1)[1]
+    assert advice == f"--resume {save} --lr 100000"
+    # The same command with the advice appended is accepted: a fine-tuning run, one warning, no refusal.
+    again = cli(*command, *shlex.split(advice))
+    assert again.returncode == 1 and "differs from the checkpoint" not in again.stderr
+    warning, error = again.stderr.strip().splitlines()
+    assert "fine-tuning with --lr 100000.0 (checkpoint: 1000000.0)" in warning and "training diverged" in error
+    # Smaller still: it trains from the kept checkpoint and the checkpoint then holds the new learning rate.
+    result = cli(*command, "--resume", save, "--lr", "0.05", "--metrics", log)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no longer an exact continuation" in result.stderr
     assert metrics(log)[-1]["test_accuracy"] > 0.9
+    header = checkpoint_state(save)[1]
+    assert header["epoch"] == 3 and header["settings"]["lr"] == 0.05
+
+
+def test_the_advice_without_a_checkpoint_names_a_smaller_lr(dataset):
+    line = one_error_line(cli("--data-dir", dataset, *FAST, "--optimizer", "sgd", "--lr", "1e6"))
+    assert line.endswith("try a smaller --lr (now 1000000.0), e.g. --lr 100000")
+
+
+def test_after_a_divergence_the_optimizer_state_is_the_last_good_one_too():
+    """The moments are put back with the weights: a second fit() at a sane rate trains instead of diverging."""
+    x, y = _blobs()
+    model = xpnn.mlp([6, 8, 3], seed=0)
+    optimizer = xpnn.optim.Momentum(model, lr=0.05)
+    trainer = Trainer(model, optimizer, batch_size=20, schedule=lambda epoch: 1.0)
+    kept = {}
+
+    def sabotage(trainer, row):
+        kept.update(trainer.optimizer_snapshot())
+        if row["epoch"] == 2:
+            trainer.base_lr = 1e12
+
+    with pytest.raises(DivergenceError):
+        trainer.fit(x, y, epochs=4, verbose=False, callbacks=[LambdaCallback(sabotage)])
+    state = optimizer.state_dict()
+    assert state["steps"] == kept["steps"] == 20 and state["lr"] == kept["lr"] == 0.05
+    for key, value in kept.items():
+        if hasattr(value, "shape"):
+            np.testing.assert_array_equal(state[key], value, err_msg=key)
+    trainer.base_lr = 0.05
+    history = trainer.fit(x, y, epochs=4, initial_epoch=2, verbose=False)
+    assert history[-1]["train_loss"] < history[1]["train_loss"]
 
 
 def _blobs(n=200):

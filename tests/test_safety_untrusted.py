@@ -1,4 +1,4 @@
-"""Issue 7, class 5: untrusted files cannot crash or exhaust the machine.
+"""Untrusted files cannot crash or exhaust the machine.
 
 Every crafted or corrupted model, checkpoint or IDX file ends in FileNotFoundError or FormatError (DataError)
 naming the file, in the library, and in one line with exit status 1 on the command line, before anything

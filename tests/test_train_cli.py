@@ -54,7 +54,8 @@ def test_epoch_lines_are_readable(dataset, capsys):
 
 def test_full_batch_learns(dataset, tmp_path):
     metrics = tmp_path / "m.jsonl"
-    flags = ["--data-dir", str(dataset), "--full-batch", "--epochs", "30", "--lr", "0.5", "--hidden", "16", "--quiet"]
+    # lr 0.05: Adam at 0.5 diverges from epoch 9 here without dropout, and passed only with lucky masks
+    flags = ["--data-dir", str(dataset), "--full-batch", "--epochs", "30", "--lr", "0.05", "--hidden", "16", "--quiet"]
     assert cli.main([*flags, "--metrics", str(metrics)]) == 0
     rows = read_metrics(metrics)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 3
@@ -193,7 +194,7 @@ def test_gpu_without_cupy_exits_2_without_traceback(dataset):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         'python -m xpnn.train: error: device "gpu" needs CuPy, which is not installed; install it with pip install '
-        '"xpnn[gpu]" (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu'
+        'cupy-cuda12x (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu'
     ]
 
 

@@ -37,6 +37,7 @@ from .layers import (
     Mul,
     ReLU,
     Sigmoid,
+    Standardize,
     Tanh,
 )
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
@@ -51,7 +52,7 @@ __all__ = [
     "AvgPool2d", "BatchNorm2d", "Conv2d", "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError",
     "BatchNorm1d", "Callback", "DivergenceError", "Dropout", "EarlyStopping", "Flatten", "FormatError", "History",
     "IncompatibleKeys", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "MeanSquaredError", "Mul", "ReLU", "Sequential",
-    "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "Trainer", "callbacks", "cnn", "data", "export_onnx", "fit",
-    "get_backend", "gradcheck", "initializers", "layers", "load", "losses", "metrics", "mlp", "optim",
+    "Sigmoid", "SoftmaxCrossEntropy", "Standardize", "Tanh", "Trainer", "callbacks", "cnn", "data", "export_onnx",
+    "fit", "get_backend", "gradcheck", "initializers", "layers", "load", "losses", "metrics", "mlp", "optim",
     "register_onnx_rule", "trainer",
 ]

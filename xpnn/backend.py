@@ -8,7 +8,9 @@ import numpy or cupy and never ask which library they have.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,12 +158,12 @@ class Backend:
 
     @property
     def graphs(self) -> bool:
-        """Whether a whole training step can be captured as a CUDA graph and replayed (torch on CUDA only).
+        """Whether a whole training step can be captured as a CUDA graph and replayed (torch on CUDA, CuPy).
 
-        CuPy refuses cuBLAS calls under stream capture (cupy/cupy#6290), so a step with matrix products
-        cannot be captured there; see ``docs/gpu-speed.md``.
+        CuPy refuses its own cuBLAS calls under stream capture, so a captured CuPy step sends its matrix
+        products (:meth:`matmul`) to a cuBLAS handle of xpnn's through nvmath-python (:mod:`xpnn.graphs`).
         """
-        return self._library == "torch" and getattr(self.device, "type", None) == "cuda"
+        return self._library == "cupy" or (self._library == "torch" and getattr(self.device, "type", None) == "cuda")
 
     @property
     def single_threaded(self) -> bool:
@@ -186,6 +188,15 @@ class Backend:
         """Overwrite every element of ``target`` in place (backends with :attr:`inplace` only)."""
         target[...] = value
 
+    def assign(self, store: dict[str, Any], key: str, value: Any) -> None:
+        """``store[key] = value``, written into the array already there where the library updates in place
+        (:attr:`inplace`), so that a captured graph, which reads that array's memory, sees the new value;
+        elsewhere rebound. Either way the values are ``value``'s, bit for bit."""
+        if self.inplace:
+            store[key][...] = value
+        else:
+            store[key] = value
+
     @property
     def fused(self) -> FusedUpdates | None:
         """Single-kernel optimizer updates where the library offers them (CuPy), else None.
@@ -199,6 +210,13 @@ class Backend:
         if kernels is None:
             kernels = _FUSED[self.dtype_name] = FusedUpdates(self.dtype_name)
         return kernels
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``a @ b`` (2-d @ 2-d, or 1-d @ 2-d): every matrix product of a training step goes through here, so that
+        a CuPy step being captured as a CUDA graph can route them to a cuBLAS handle bound to the capture stream
+        (:class:`xpnn.graphs.CupyCapture`); CuPy's own handle refuses stream capture. Elsewhere exactly ``a @ b``."""
+        route = _MATMUL_ROUTE.get()
+        return a @ b if route is None else route(a, b)
 
     def unfold_fast(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> Any:
         """im2col of a channels-last ``x`` (N, H, W, C) through strided views, where the library has them.
@@ -224,6 +242,33 @@ class Backend:
         """A random stream on the device, seeded from ``seed`` (an int or a sequence of ints)."""
         return DeviceRandom(self, seed)
 
+    def dropout_mask(self, seed: Any, step: Any, shape: tuple[int, ...], first: int, p: float) -> Any:
+        """Inverted-dropout mask: 0 with probability ``p``, else ``1/(1-p)``, in the default float dtype.
+
+        A pure function of (``seed``, ``step``, each element's index), the same bits on every library
+        (:func:`counter_bits`): element ``k`` of the mask (in C order) has index ``first + k``, so a shard
+        of a batch given its offset draws exactly its part of the whole batch's mask.
+
+        Parameters
+        ----------
+        seed, step : 0-d int64 arrays of this backend (or ints)
+            The key and the step counter; only their low 32 bits count.
+        shape : tuple of int
+            Shape of the mask.
+        first : int
+            Index of the mask's first element in the global batch (row offset x elements per sample).
+        p : float
+            Drop probability, 0 < p < 1.
+        """
+        threshold, scale = dropout_threshold(p), 1.0 / (1.0 - p)
+        if self._library == "numpy":
+            return _numpy_dropout_mask(seed, step, shape, first, threshold, scale, self.dtype_name)
+        if self._library == "cupy" and self.dtype_name in ("float32", "float64"):
+            return _cupy_dropout_mask(seed, step, shape, first, threshold, scale, self)
+        xp = self.xp
+        keep = counter_bits(xp, seed, step, shape, first, self.device) >= threshold
+        return xp.astype(keep, self.dtype) * scale
+
     # ------------------------------------------------------------------ checks
     def check_array(self, a: Any, what: str) -> None:
         """Raise ``TypeError`` if ``a`` is not an array of this backend on its device."""
@@ -242,6 +287,117 @@ class Backend:
         return f"Backend({self.name}, dtype={self.dtype_name})"
 
 
+# ---------------------------------------------------------------------- counter-based random bits
+# Random numbers as a pure function of (key, counter, index), as in Random123 and jax.random: nothing to carry
+# from step to step but the counter, and the same bits on every library. Everything is 32-bit arithmetic
+# written in int64 with each value kept below 2**32 and every multiplier below 2**31, so that no product
+# overflows and the array API's integer operations suffice (NumPy and CuPy run the same function in uint32).
+MASK32 = 0xFFFFFFFF
+# Wellons' low-bias 32-bit integer hash [16 21f0aaad 15 735a2d97 15] (hash-prospector), chosen among the
+# best found because both of its multipliers are below 2**31.
+MIX_SHIFT1, MIX_MUL1, MIX_SHIFT2, MIX_MUL2, MIX_SHIFT3 = 16, 0x21F0AAAD, 15, 0x735A2D97, 15
+STEP_SALT = 0x2545F491
+
+# The same function in C (NVRTC and any C compiler): the fused CuPy kernel's preamble, compiled by the tests.
+COUNTER_BITS_C = f"""
+XPNN_FN unsigned int xpnn_mix32(unsigned int x) {{
+    x ^= x >> {MIX_SHIFT1}; x *= {MIX_MUL1:#x}u; x ^= x >> {MIX_SHIFT2}; x *= {MIX_MUL2:#x}u; x ^= x >> {MIX_SHIFT3};
+    return x;
+}}
+XPNN_FN unsigned int xpnn_counter_bits(long long seed, long long step, long long index) {{
+    unsigned int offset = xpnn_mix32(xpnn_mix32((unsigned int)seed) + (unsigned int)step);
+    unsigned int multiplier = (xpnn_mix32(offset ^ {STEP_SALT:#x}u) >> 1) | 1u;
+    return xpnn_mix32((unsigned int)index * multiplier + offset);
+}}
+"""
+
+
+def mix32(x: Any) -> Any:
+    """The 32-bit integer hash, on a Python int or an int64 array of values below 2**32."""
+    x = x ^ (x >> MIX_SHIFT1)
+    x = (x * MIX_MUL1) & MASK32
+    x = x ^ (x >> MIX_SHIFT2)
+    x = (x * MIX_MUL2) & MASK32
+    return x ^ (x >> MIX_SHIFT3)
+
+
+def step_keys(seed: Any, step: Any) -> tuple[Any, Any]:
+    """The offset and the odd multiplier (< 2**31) that spread a step's element indices: 0-d arrays or ints."""
+    offset = mix32((mix32(seed & MASK32) + (step & MASK32)) & MASK32)
+    return offset, (mix32(offset ^ STEP_SALT) >> 1) | 1
+
+
+def counter_bits(xp: Any, seed: Any, step: Any, shape: tuple[int, ...], first: int, device: Any = None) -> Any:
+    """Uniform 32-bit values (int64 array of ``shape``) for (``seed``, ``step``) at indices ``first``, ``first+1``, ...
+
+    The reference, in array-API integer operations: element ``k`` is ``mix32((i·m + o) mod 2**32)`` with
+    ``i = (first + k) mod 2**32`` and ``(o, m) = step_keys(seed, step)``. Multiplying by a step's own odd
+    multiplier, rather than only adding its offset, keeps the index windows of different steps from sliding
+    over each other.
+    """
+    count = math.prod(shape)
+    index = xp.arange(first, first + count, dtype=xp.int64, device=device)
+    if first + count > MASK32 + 1:
+        index = index & MASK32
+    offset, multiplier = step_keys(seed, step)
+    return xp.reshape(mix32((index * multiplier + offset) & MASK32), shape)
+
+
+def dropout_threshold(p: float) -> int:
+    """The 32-bit value below which an element is dropped: P(drop) = threshold / 2**32, as near ``p`` as can be."""
+    return min(round(p * 2.0**32), MASK32)
+
+
+def seed_key(seed: Seed) -> int:
+    """A 32-bit key from an int or a sequence of ints (numpy.random.SeedSequence), for :func:`counter_bits`."""
+    return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+
+
+def _numpy_dropout_mask(seed: Any, step: Any, shape: tuple[int, ...], first: int, threshold: int, scale: float,
+                        dtype_name: str) -> np.ndarray:
+    """:func:`counter_bits` in uint32 arithmetic (wrapping is the reference's ``& MASK32``), in place: a third
+    of the passes over half the bytes. The tests compare the two bit for bit."""
+    offset, multiplier = step_keys(int(seed), int(step))
+    count = math.prod(shape)
+    if first + count <= MASK32 + 1:
+        x = np.arange(first, first + count, dtype=np.uint32)
+    else:
+        x = (np.arange(first, first + count, dtype=np.int64) & MASK32).astype(np.uint32)
+    shifted = np.empty_like(x)
+    x *= np.uint32(multiplier)
+    x += np.uint32(offset)
+    for shift, multiply in ((MIX_SHIFT1, MIX_MUL1), (MIX_SHIFT2, MIX_MUL2), (MIX_SHIFT3, None)):
+        np.right_shift(x, shift, out=shifted)
+        x ^= shifted
+        if multiply is not None:
+            x *= np.uint32(multiply)
+    mask = np.greater_equal(x, np.uint32(threshold)).astype(dtype_name)
+    mask *= mask.dtype.type(scale)  # as the reference's float mask times the Python float
+    return mask.reshape(shape)
+
+
+def _cupy_dropout_mask(seed: Any, step: Any, shape: tuple[int, ...], first: int, threshold: int, scale: float,
+                       backend: Backend) -> Any:
+    """The mask in one CuPy kernel (:data:`COUNTER_BITS_C`); ``seed`` and ``step`` stay on the device."""
+    import cupy
+
+    kernel = _KERNELS.get("dropout")
+    if kernel is None:
+        kernel = _KERNELS["dropout"] = cupy.ElementwiseKernel(
+            "int64 seed, int64 step, int64 first, uint32 threshold, T scale", "T mask",
+            "mask = xpnn_counter_bits(seed, step, first + i) >= threshold ? scale : (T)0;",
+            "xpnn_dropout_mask", preamble="#define XPNN_FN __device__ __forceinline__\n" + COUNTER_BITS_C)
+    with backend.device:
+        mask = cupy.empty(shape, dtype=backend.dtype_name)
+        return kernel(seed, step, np.int64(first), np.uint32(threshold), np.dtype(backend.dtype_name).type(scale),
+                      mask)
+
+
+_KERNELS: dict[str, Any] = {}
+#: Where :meth:`Backend.matmul` sends its products while a CuPy step is being captured (None: ``a @ b``).
+_MATMUL_ROUTE: contextvars.ContextVar[Any] = contextvars.ContextVar("xpnn_matmul_route", default=None)
+
+
 class DeviceRandom:
     """Uniform random numbers drawn on the backend's device from a fixed seed.
 
@@ -250,7 +406,7 @@ class DeviceRandom:
     """
 
     def __init__(self, backend: Backend, seed: Seed):
-        self.backend = backend
+        self.backend, self.seed = backend, seed
         entropy = np.random.SeedSequence(seed).generate_state(2, np.uint64)
         lib = backend._library
         if lib == "cupy":
@@ -427,7 +583,7 @@ def _cupy_backend(spec: str, dtype: str) -> Backend:
         cupy = importlib.import_module("cupy")
     except ImportError:
         raise BackendError(
-            'device "gpu" needs CuPy, which is not installed; install it with pip install "xpnn[gpu]"'
+            'device "gpu" needs CuPy, which is not installed; install it with pip install cupy-cuda12x'
             " (or the cupy-cudaXXx wheel that matches your CUDA), or use --device cpu"
         ) from None
     try:
@@ -498,7 +654,7 @@ def get_backend(spec: Any = "cpu", dtype: Any = "float32") -> Backend:
     if key in ("gpu", "cuda", "cupy") or key.startswith(("cuda:", "gpu:", "cupy:")):
         return _cupy_backend(key, dtype)
     if key.startswith("torch"):
-        torch = _import_optional("torch", 'pip install "xpnn[torch]"')
+        torch = _import_optional("torch", "pip install torch")
         _, _, device = key.partition(":")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {spec!r}: this torch has no usable CUDA device (torch "

@@ -22,7 +22,8 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
                     history: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
     """Write model, optimizer state, completed epoch count and history to one ``.npz``, atomically.
 
-    The random state needs no arrays: shuffles and dropout masks are derived from (seed, epoch).
+    The random state is the model's: shuffles follow from (seed, epoch), dropout masks from each Dropout
+    layer's ``seed`` and ``step`` buffers, saved with the model's arrays.
 
     Parameters
     ----------
@@ -94,7 +95,8 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
 def _check_arrays(path: str | os.PathLike, found: dict[str, tuple[int, ...]], model: Sequential) -> None:
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     parameters = {name: tuple(value.shape) for name, value in model.named_parameters().items()}
-    missing = sorted(f"model.{name}" for name in shapes if f"model.{name}" not in found)
+    optional = model._optional_keys()  # Dropout's seed and step: absent from checkpoints written before them
+    missing = sorted(f"model.{name}" for name in shapes if f"model.{name}" not in found and name not in optional)
     if missing:
         raise FormatError(f"{path}: checkpoint lacks the model arrays {missing}")
     for name, shape in found.items():

@@ -83,7 +83,9 @@ class DataError(FormatError):
 
 @dataclass
 class Dataset:
-    """Images flattened to float32 rows in [0, 1] and integer labels, all NumPy arrays on the host.
+    """Samples as float32 rows (images flattened, pixels in [0, 1]) and integer labels, all NumPy arrays on the host.
+
+    :func:`load_dataset` makes one from IDX files, :func:`xpnn.datafile.load_data_file` from your own file.
 
     Attributes
     ----------
@@ -97,10 +99,14 @@ class Dataset:
     directory : Path
         Where the files were read from.
     image_shape : (rows, cols) or None
-        Shape of one image before flattening.
+        Shape of one image before flattening; None for tabular data.
     class_count : int or None
         Number of classes established when loading (see :func:`load_dataset`); None for a dataset made by
         hand, whose :attr:`n_classes` is then the largest training label + 1.
+    channels : int
+        Channels of one image (rows are flattened from (channels, rows, cols) in C order).
+    class_names : list of str or None
+        What each label stands for (label i is ``class_names[i]``), when the file named its classes.
     """
 
     x_train: np.ndarray
@@ -113,6 +119,8 @@ class Dataset:
     y_val: np.ndarray | None = None
     image_shape: tuple[int, int] | None = None
     class_count: int | None = None
+    channels: int = 1
+    class_names: list[str] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -122,6 +130,13 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample as a model takes it: (channels, rows, cols) for images, (features,) otherwise."""
+        if self.image_shape is None:
+            return (self.n_features,)
+        return (self.channels, *self.image_shape)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

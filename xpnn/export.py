@@ -12,47 +12,16 @@ The export itself is :func:`xpnn.export_onnx` (module :mod:`xpnn.onnx_export`); 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .files import OutputError, check_outputs
-from .model import Sequential, load
+from .model import load
 from .onnx_export import DEFAULT_OPSET, OUTPUTS, ExportError, _output_kind, _shapes, export_onnx
 from .serialization import FormatError
 
-__all__ = ["load_for_export", "main"]
-
-
-def load_for_export(path: str | os.PathLike) -> Sequential:
-    """The model of a model file (:meth:`Sequential.save`) or of a training checkpoint (``--save``), on the CPU."""
-    try:
-        return load(path)
-    except FormatError as error:
-        if "holds an xpnn 'checkpoint'" not in str(error):
-            raise
-    return _checkpoint_model(path)
-
-
-def _checkpoint_model(path: str | os.PathLike) -> Sequential:
-    """The model part of a checkpoint, checked as :func:`xpnn.load` checks a model file."""
-    from .model import _check_declared_shapes, _from_config, _input_shape
-    from .serialization import open_npz
-
-    source = str(path)
-    with open_npz(path, "checkpoint") as npz:
-        layers, loss = _from_config(npz.header["config"], source)
-        shapes = {name[6:]: shape for name, shape in npz.shapes.items() if name.startswith("model.")}
-        _check_declared_shapes(layers, shapes, source)
-        arrays = npz.read({f"model.{name}": shape for name, shape in shapes.items()})
-    try:
-        model = Sequential(layers, loss, seed=npz.header.get("seed", 0),
-                           input_shape=_input_shape(npz.header["config"], source))
-    except (ValueError, TypeError, OverflowError, MemoryError) as error:
-        raise FormatError(f"{source}: its configuration cannot be built ({type(error).__name__}: {error})") from None
-    model.load_state_dict({name[6:]: value for name, value in arrays.items()}, source=source)
-    return model
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as error:
         return fail(str(error), 2)
     try:
-        model = load_for_export(source)
+        model = load(source)
     except (FileNotFoundError, FormatError, OSError) as error:
         return fail(str(error), 1)
     try:  # the flags against this model: usage errors

@@ -11,7 +11,9 @@ What a path points at is never damaged:
   needs no atomicity. A device that refuses the data (``/dev/full``) is reported naming the path.
 - **FIFOs, sockets, block devices and directories are refused** with :class:`OutputError`: a FIFO would
   block until someone reads it and could not be rewritten each epoch, and replacing or writing a disk or
-  a directory is never what a training run means. So are read-only files (someone protected them), and
+  a directory is never what a training run means. So are read-only files and folders (someone protected
+  them: no write permission bit is set, which xpnn respects even when it runs as root), paths that end
+  with ``/`` (a folder, not a file name), and
   ``/dev/stdout``-like paths unless they lead to a terminal: redirected to a log file, replacing it would
   unlink the log the shell is writing.
 
@@ -98,19 +100,33 @@ def check_output(path: str | os.PathLike, flag: str | None = None) -> Path:
             raise OutputError(f"{label} is {kind}; xpnn writes regular files (and character devices such as "
                               f"/dev/null), so give a file path")
         if stat.S_ISCHR(info.st_mode):
-            if not os.access(real, os.W_OK):
+            if not _writable(real, info, os.W_OK):
                 raise OutputError(f"{label}: the device is not writable")
             return real
-        if not os.access(real, os.W_OK):
-            raise OutputError(f"{label}: the file is read-only; make it writable or choose another path")
+        if not _writable(real, info, os.W_OK):
+            raise OutputError(f"{label}: the file is read-only; make it writable (chmod u+w) or choose another path")
+    elif str(path).endswith(("/", os.sep)):
+        raise OutputError(f"{label} ends with '/', so it names a folder; give a file name inside it "
+                          f"(such as {str(path).rstrip('/' + os.sep) or '.'}/out)")
     ancestor = real.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise OutputError(f"{label}: {ancestor} is not a directory, so nothing can be written below it")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{label}: the folder {ancestor} is not writable; choose another path")
+    if not _writable(ancestor, os.stat(ancestor), os.W_OK | os.X_OK):
+        raise OutputError(f"{label}: the folder {ancestor} is not writable; make it writable (chmod u+w) or "
+                          "choose another path")
     return real
+
+
+def _writable(path: Path, info: os.stat_result, mode: int) -> bool:
+    """Whether ``path`` may be written: its permission bits allow it, for root too.
+
+    ``os.access`` answers for the calling user, and root passes every check; a file or folder without
+    any write bit (``chmod 444``, ``chmod 555``) has been protected by someone, so xpnn treats it as
+    read-only whoever runs it. ``os.access`` still catches read-only file systems and a plain user's rights.
+    """
+    return bool(stat.S_IMODE(info.st_mode) & 0o222) and os.access(path, mode)
 
 
 def _names_a_stream(path: str | os.PathLike) -> bool:

@@ -4,11 +4,11 @@ Each initializer draws on the host from a NumPy generator and returns a float64 
 copies it to its backend. Drawing on the host makes a CPU run and a GPU run with the same seed start
 from exactly the same weights. Shapes are xpnn's ``(fan_in, fan_out)``.
 
-The seeds' own initializers (``shared/SEEDS.md``) are all available by name, so each seed's setting can
-be run as published:
+The initializers of five classic tutorials on hand-written backpropagation are all available by name, so
+each tutorial's setting can be run as published:
 
 ==============================  =====================================  ===========================
-seed                            its initializer                        xpnn name
+tutorial                        its initializer                        xpnn name
 ==============================  =====================================  ===========================
 Deep Learning from Scratch ch.5 ``0.01 * randn``                       ``"normal"`` (std 0.01)
 11-line network                 ``2 * random - 1``, U[-1, 1)           ``"uniform"``
@@ -31,7 +31,7 @@ Initializer = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
 
 def normal(rng: np.random.Generator, shape: tuple[int, ...], std: float = 0.01) -> np.ndarray:
-    """N(0, std²), the seeds' ``0.01 * randn``."""
+    """N(0, std²), the classic tutorials' ``0.01 * randn``."""
     return std * rng.standard_normal(shape)
 
 
@@ -90,7 +90,7 @@ _BY_NAME: dict[str, Initializer] = {
 
 def get_initializer(spec: str | Initializer, **kwargs: float) -> Initializer:
     """Look an initializer up by name (``normal``, ``uniform``, ``xavier``/``glorot``, ``he``/``kaiming``,
-    and the seeds' ``fcn_xavier``, ``fcn_uniform``).
+    and the tutorials' ``fcn_xavier``, ``fcn_uniform``).
 
     Parameters
     ----------

@@ -155,9 +155,9 @@ class MeanSquaredError(Loss):
 
 
 class BCEWithLogits(Loss):
-    """Binary cross-entropy on logits: mean of -[t·log σ(y) + (1-t)·log(1-σ(y))].
+    """Binary cross-entropy on logits: mean of ``-[t·log σ(y) + (1-t)·log(1-σ(y))]``.
 
-    Written as max(y, 0) - y·t + log(1 + e^-|y|), which is finite for any logit.
+    Written as ``max(y, 0) - y·t + log(1 + e^-|y|)``, which is finite for any logit.
     Shapes: ``y`` and ``t`` the same, e.g. (N, 1); targets in [0, 1].
     """
 

@@ -23,7 +23,7 @@ from .metrics import count_correct, has_accuracy, probabilities
 from .serialization import FormatError, open_npz, validate_header, write_npz
 from .validation import check_bool, check_positive_int, check_real
 
-__all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "cnn", "load", "mlp"]
+__all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "cnn", "load", "mlp", "standardized"]
 
 # Independent random streams derived from one seed (numpy.random.SeedSequence keys).
 INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM = 0, 1, 2
@@ -59,6 +59,12 @@ class Sequential:
     input_shape : tuple of int, optional
         Shape of one input sample (no batch axis), e.g. ``(784,)``. Checked against the layers at once and
         used by :meth:`summary` and ``repr``; when omitted it is taken from a leading Affine layer.
+
+    Attributes
+    ----------
+    class_names : list of str or None
+        What each output of a classifier stands for (``class_names[i]`` for output i), saved with the model;
+        ``python -m xpnn.train --data`` sets it when the labels are names. None by default.
 
     Notes
     -----
@@ -116,6 +122,7 @@ class Sequential:
         self.seed = int(seed)
         self.check_values = check_values
         self._pending_backward = False
+        self.class_names: list[str] | None = None
         self._shape_given = input_shape is not None
         if input_shape is None:
             first = self.layers[0]
@@ -128,7 +135,7 @@ class Sequential:
         init_rng = np.random.default_rng(np.random.SeedSequence([self.seed, INIT_STREAM]))
         for layer in self.layers:
             layer.build(self.backend, init_rng)
-        self.reseed(self.seed)
+        self.reseed()
 
     @property
     def check_values(self) -> bool:
@@ -446,8 +453,10 @@ class Sequential:
             Naming the missing or unexpected keys (strict only), or a key whose value is not a floating
             array of the model's shape (always).
         """
-        expected = {name: tuple(value.shape) for name, value in self.state_dict().items()}
-        missing = sorted(set(expected) - set(state))
+        own = self.state_dict()
+        expected = {name: tuple(value.shape) for name, value in own.items()}
+        optional = self._optional_keys()
+        missing = sorted(set(expected) - set(state) - optional)
         unexpected = sorted(set(state) - set(expected))
         if strict and (missing or unexpected):
             raise FormatError(
@@ -465,14 +474,23 @@ class Sequential:
                     f"{source}: parameter {name!r} has shape {tuple(value.shape)}, the model expects {shape}"
                 )
             host[name] = np.asarray(to_numpy(value))
-            if host[name].dtype.kind != "f":
+            integer = own[name].dtype in (self.backend.xp.int64, self.backend.xp.int32)  # a counter or key
+            if integer and host[name].dtype.kind not in "iu":
+                raise FormatError(f"{source}: {name!r} has dtype {host[name].dtype}, expected integers")
+            if not integer and host[name].dtype.kind != "f":
                 raise FormatError(f"{source}: {name!r} has dtype {host[name].dtype}, expected floating point")
         for index, layer in enumerate(self.layers):
             for store in (layer.params, layer.buffers):
                 for key in store:
                     if f"{index}.{key}" in host:
-                        store[key] = self.backend.asarray(host[f"{index}.{key}"])
+                        value = host[f"{index}.{key}"]
+                        store[key] = self.backend.asarray(value, dtype=store[key].dtype if value.dtype.kind in "iu"
+                                                          else None)
         return IncompatibleKeys(missing, unexpected)
+
+    def _optional_keys(self) -> set[str]:
+        """Buffers that files written before their layer had them lack (Dropout's seed and step)."""
+        return {f"{index}.{key}" for index, layer in enumerate(self.layers) for key in layer.optional_buffers}
 
     @property
     def n_parameters(self) -> int:
@@ -485,7 +503,11 @@ class Sequential:
         return sum(_size(value.shape) for value in self.named_parameters(trainable_only=True).values())
 
     def reseed(self, *entropy: int) -> None:
-        """Restart dropout's random streams from ``(seed, *entropy)``; the trainer passes the epoch."""
+        """Restart every random stream from ``(seed, *entropy, layer index)``: Dropout's masks begin again
+        from step 0 (as when the model was made, with no entropy), e.g. to repeat a mask in a gradient check.
+
+        Training never calls it: Dropout's masks follow its step count, saved with the model, so a resumed
+        run, another device or another number of workers or MPI ranks continue with the same masks."""
         for index, layer in enumerate(self.layers):
             layer.reseed([self.seed, DROPOUT_STREAM, *entropy, index])
 
@@ -498,7 +520,6 @@ class Sequential:
         for layer in self.layers:
             layer.to(self.backend)
         self._pending_backward = False
-        self.reseed(self.seed)
         return self
 
     # ------------------------------------------------------------------ description
@@ -580,6 +601,8 @@ class Sequential:
                                   "loss": {"type": type(self.loss_fn).__name__, **self.loss_fn.config()}}
         if self.input_shape is not None and not (self.layers and isinstance(self.layers[0], Affine)):
             config["input_shape"] = list(self.input_shape)  # an Affine first layer says it itself (older files)
+        if self.class_names is not None:
+            config["class_names"] = [str(name) for name in self.class_names]
         return config
 
     @classmethod
@@ -593,7 +616,9 @@ class Sequential:
             loss type, or arguments its constructor refuses.
         """
         layers, loss = _from_config(config, "config")
-        return cls(layers, loss, backend=backend, seed=seed, input_shape=_input_shape(config, "config"))
+        model = cls(layers, loss, backend=backend, seed=seed, input_shape=_input_shape(config, "config"))
+        model.class_names = _class_names(config, "config")
+        return model
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write architecture and weights to an ``.npz`` file atomically; the model stays on its device."""
@@ -635,14 +660,41 @@ class Sequential:
             raise ValueError("Sequential input contains NaN; clean or impute the data before training")
 
     def _as_input(self, x: Any) -> Any:
-        """Host data (NumPy, lists) copied to the backend in its float dtype; backend arrays as they are."""
+        """Host data (NumPy, lists) copied to the backend in its float dtype; backend arrays as they are.
+
+        Flat rows (N, C·H·W) for a model whose input is (C, H, W) are reshaped (see :meth:`unflatten`).
+        """
         if isinstance(x, np.ndarray | np.generic | list | tuple):
             host = np.asarray(x)
             if host.dtype.kind not in "fiub":
                 raise TypeError(f"Sequential input: expected real numbers, got a NumPy array of dtype {host.dtype}")
-            x = self.backend.asarray(host, dtype=self.backend.dtype)
+            x = self.backend.asarray(self.unflatten(host), dtype=self.backend.dtype)
+        else:
+            x = self.unflatten(x)
         self._check_input(x)
         return x
+
+    def unflatten(self, x: Any) -> Any:
+        """Flat rows (N, prod(input_shape)) as (N, *input_shape) when the model takes more than one axis.
+
+        :func:`xpnn.data.load_dataset` gives images as flat rows (N, 784); a CNN built for (1, 28, 28) takes
+        them as they are, reshaped in C order (channel, row, column), as ``x.reshape(N, C, H, W)`` would.
+        Arrays of any other shape (and models whose input shape is unknown or one axis) are returned as they
+        are. Used by :meth:`predict`, :meth:`predict_proba`, :meth:`evaluate`, :meth:`accuracy` and
+        :func:`xpnn.fit`; :meth:`loss`, the training hot path, takes the model's own shape only.
+
+        Parameters
+        ----------
+        x : array (N, D) or (N, ...)
+            NumPy array or an array of the model's backend.
+        """
+        shape = self.input_shape
+        if (shape is None or len(shape) < 2 or getattr(x, "ndim", 0) != 2
+                or int(x.shape[1]) != _size(shape)):
+            return x
+        if isinstance(x, np.ndarray):
+            return x.reshape(x.shape[0], *shape)
+        return self.backend.xp.reshape(x, (int(x.shape[0]), *shape))
 
     def _as_targets(self, t: Any) -> Any:
         """Host targets copied to the backend (integers stay int64, floats take the float dtype)."""
@@ -683,7 +735,11 @@ def _format_shape(shape: Sequence[int]) -> str:
 
 
 def load(path: str | os.PathLike, backend: Backend | str = "cpu") -> Sequential:
-    """Load a model written by :meth:`Sequential.save` onto ``backend`` (any backend).
+    """Load a model for inference onto ``backend`` (any backend) from a model file or a checkpoint.
+
+    Takes what :meth:`Sequential.save` writes and also a checkpoint (``python -m xpnn.train --save``,
+    :func:`xpnn.checkpoint.save_checkpoint`): its model is returned, its optimizer state is left unread.
+    To continue training from a checkpoint, use ``--resume`` or :func:`xpnn.checkpoint.load_checkpoint`.
 
     The file is not trusted: its header is checked against a schema, and the shapes its configuration
     implies (:meth:`Layer.param_shapes`) are compared with the arrays' declared shapes before anything is
@@ -698,17 +754,37 @@ def load(path: str | os.PathLike, backend: Backend | str = "cpu") -> Sequential:
         Naming the file, for any other problem (corrupted, crafted, not a model).
     """
     source = str(path)
-    with open_npz(path, "model") as npz:
+    with open_npz(path, ("model", "checkpoint")) as npz:
         layers, loss = _from_config(npz.header["config"], source)
-        _check_declared_shapes(layers, npz.shapes, source)
-        arrays = npz.read(npz.shapes)
+        if npz.header["kind"] == "checkpoint":  # the model's arrays are "model.<name>"; "optim.*" stay unread
+            foreign = sorted(name for name in npz.shapes if not name.startswith(("model.", "optim.")))
+            if foreign:
+                raise FormatError(f"{source}: unexpected arrays {foreign} in a checkpoint (crafted or corrupted)")
+            names = {name: name[6:] for name in npz.shapes if name.startswith("model.")}
+        else:
+            names = {name: name for name in npz.shapes}
+        _check_declared_shapes(layers, {names[name]: npz.shapes[name] for name in names}, source)
+        arrays = {names[name]: value for name, value in npz.read(names).items()}
     try:
         model = Sequential(layers, loss, backend=backend, seed=npz.header.get("seed", 0),
                            input_shape=_input_shape(npz.header["config"], source))
     except (ValueError, TypeError, OverflowError, MemoryError) as error:
         raise FormatError(f"{source}: its configuration cannot be built ({type(error).__name__}: {error})") from None
     model.load_state_dict(arrays, source=source)
+    model.class_names = _class_names(npz.header["config"], source)
     return model
+
+
+def _class_names(config: dict[str, Any], source: str) -> list[str] | None:
+    """The class names a configuration records, checked: distinct strings, at least two."""
+    names = config.get("class_names")
+    if names is None:
+        return None
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
+            and len(set(names)) == len(names)):
+        raise FormatError(f"{source}: class_names must be a list of at least 2 distinct strings, got "
+                          f"{str(names)[:60]}")
+    return names
 
 
 def _from_config(config: Any, source: str) -> tuple[list[Layer], Loss]:
@@ -783,7 +859,7 @@ def mlp(
     activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
         Hidden activation.
     init : str, optional
-        Weight initializer (see :mod:`xpnn.initializers`, including the seeds' ``"fcn_xavier"``); defaults
+        Weight initializer (see :mod:`xpnn.initializers`, including the tutorials' ``"fcn_xavier"``); defaults
         to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
     std : float, optional
         Standard deviation when ``init="normal"`` (default 0.01), >= 0.
@@ -840,7 +916,7 @@ def cnn(
 
     Each block is Conv2d (``kernel_size``, stride 1, padding that keeps the size for odd kernels),
     optionally BatchNorm2d, the activation and MaxPool2d(``pool``); then Flatten and Affine layers with
-    the activation (and dropout) between them. The defaults build the two-conv network of issue 8:
+    the activation (and dropout) between them. The defaults build the two-conv network that ``--model cnn`` trains:
     conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
     dropout 0.5; 128->10.
 
@@ -906,3 +982,31 @@ def cnn(
             if dropout > 0:
                 layers.append(Dropout(dropout))
     return Sequential(layers, loss, backend=backend, seed=seed, input_shape=input_shape)
+
+
+def standardized(model: Sequential, x: Any) -> Sequential:
+    """``model`` with a :class:`~xpnn.layers.Standardize` layer in front, its statistics taken from ``x``.
+
+    Features of (N, D) rows are scaled one by one; images (N, C, H, W) channel by channel. The statistics
+    are saved with the model, so :meth:`Sequential.predict` on raw data applies them.
+
+    Parameters
+    ----------
+    model : Sequential
+        A model that knows its input shape (as :func:`mlp` and :func:`cnn` build); its layers are rebuilt,
+        so their weights are drawn anew from its seed.
+    x : NumPy array (N, *model.input_shape)
+        The training inputs (never validation or test data).
+    """
+    from .layers.standardize import Standardize
+
+    if model.input_shape is None:
+        raise ValueError("standardized: the model does not know its input shape; build it with input_shape=...")
+    shape = model.input_shape if len(model.input_shape) == 1 else (model.input_shape[0],) + (1,) * (
+        len(model.input_shape) - 1)
+    layer = Standardize(shape)
+    result = Sequential([layer, *model.layers], model.loss_fn, backend=model.backend, seed=model.seed,
+                        check_values=model.check_values, input_shape=model.input_shape)
+    layer.adapt(model.unflatten(np.asarray(x)))
+    result.class_names = model.class_names
+    return result

@@ -34,6 +34,7 @@ from .layers import (
     MaxPool2d,
     ReLU,
     Sigmoid,
+    Standardize,
     Tanh,
 )
 from .metrics import task_of
@@ -194,6 +195,9 @@ for _type, _rule in {
     MaxPool2d: _pool("MaxPool"),
     AvgPool2d: _pool("AveragePool"),
     Flatten: lambda layer, graph, x: graph.node("Flatten", [x], axis=1),
+    Standardize: lambda layer, graph, x: graph.node(
+        "Div", [graph.node("Sub", [x, graph.constant("mean", layer.buffers["mean"])]),
+                graph.constant("std", layer.buffers["std"])]),
 }.items():
     register_onnx_rule(_type, _rule)
 

@@ -12,12 +12,12 @@ Replicas are deep copies made at the start of every epoch and every evaluation t
 What changes with the number of workers, as with data parallelism over MPI (:mod:`xpnn.distributed`):
 
 - the gradient is the whole batch's up to rounding (the shards are summed in a different order);
-- dropout draws from one stream per worker;
 - BatchNorm normalizes each shard by its own statistics, and the model's running averages follow the
   first shard (PyTorch's DistributedDataParallel without SyncBatchNorm does the same).
 
-So a run is reproducible for a given number of workers, and the CLI keeps ``--workers`` with the other
-settings of a checkpoint.
+Dropout's masks do not change: each shard draws its rows of the whole batch's mask (its offset in the batch
+is set with :func:`xpnn.layers.dropout.global_rows`). So a run is reproducible for a given number of workers,
+and the CLI keeps ``--workers`` with the other settings of a checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import metrics
+from .layers.dropout import global_rows
 
 __all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
 
@@ -64,7 +65,7 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
         For a value that is not a positive integer, more workers than usable cores, or workers > 1 on
         torch or CuPy.
     ImportError
-        For workers > 1 without threadpoolctl (``pip install 'xpnn[threads]'``).
+        For workers > 1 without threadpoolctl (``pip install threadpoolctl``).
     """
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
@@ -80,7 +81,7 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
                          f"{usable_cores()} or fewer")
     if workers > 1 and importlib.util.find_spec("threadpoolctl") is None:
         raise ImportError(f"{given} needs threadpoolctl to hold BLAS to one thread per worker: "
-                          f"pip install threadpoolctl (or pip install 'xpnn[threads]'), or use {fix}")
+                          f"pip install threadpoolctl, or use {fix}")
     return workers
 
 
@@ -133,25 +134,23 @@ class ThreadWorkers:
         self._blas = ThreadpoolController()
         self._pool = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="xpnn-worker")
         self.replicas: list[Any] = []
-        self._entropy: tuple[int, ...] | None = None
 
     @contextlib.contextmanager
-    def epoch(self, *entropy: int) -> Iterator[None]:
-        """Dropout reseeded per worker; fresh replicas of the model as it is now; BLAS on one thread inside."""
-        self.model.reseed(*entropy, 0)
-        with self._replicas(entropy):
+    def epoch(self) -> Iterator[None]:
+        """Fresh replicas of the model as it is now (Dropout's step counts included); BLAS on one thread inside."""
+        with self._replicas():
             yield
 
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
         """Fresh replicas, which see the model's current buffers (BatchNorm's running averages); BLAS on one
         thread inside."""
-        with self._replicas(None):
+        with self._replicas():
             yield
 
     @contextlib.contextmanager
-    def _replicas(self, entropy: tuple[int, ...] | None) -> Iterator[None]:
-        self.replicas, self._entropy = [], entropy
+    def _replicas(self) -> Iterator[None]:
+        self.replicas = []
         try:
             with self._blas.limit(limits=1, user_api="blas"):
                 yield
@@ -162,18 +161,16 @@ class ThreadWorkers:
         """The model and ``count - 1`` replicas, made when first needed (in the first step, before the model
         changes), so that small batches with few shards make no more than they use."""
         while len(self.replicas) < count - 1:
-            twin = replica(self.model)
-            if self._entropy is not None:
-                twin.reseed(*self._entropy, len(self.replicas) + 1)
-            self.replicas.append(twin)
+            self.replicas.append(replica(self.model))
         return [self.model, *self.replicas[: count - 1]]
 
-    def step(self, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
+    def step(self, x: Any, targets: Any, truth: Any, first: int = 0) -> tuple[Any, Any]:
         """:func:`train_step` of one batch over the workers: (mean loss, correct count or None), the model's
-        gradients those of the whole batch."""
+        gradients those of the whole batch. ``first``: the batch's first row in the global batch (MPI)."""
         n = x.shape[0]
         bounds, models, results = self._map(
-            lambda model, lo, hi: train_step(model, x[lo:hi, ...], targets[lo:hi, ...], truth[lo:hi, ...]), n)
+            lambda model, lo, hi: train_step(model, x[lo:hi, ...], targets[lo:hi, ...], truth[lo:hi, ...], first + lo),
+            n)
         weights = [(hi - lo) / n for lo, hi in bounds]
         self._combine(models, weights)
         return sum(w * loss for w, (loss, _) in zip(weights, results, strict=True)), _total_hits(results)
@@ -214,9 +211,11 @@ class ThreadWorkers:
                     total = total + weight * layer.grads[key]
                 first.grads[key] = total
 
-def train_step(model: Any, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
-    """Forward and backward of one batch: (mean loss, correct count against ``truth`` or None)."""
-    logits = model.predict(x, train=True)
+def train_step(model: Any, x: Any, targets: Any, truth: Any, first: int = 0) -> tuple[Any, Any]:
+    """Forward and backward of one batch: (mean loss, correct count against ``truth`` or None); ``first`` is
+    the index of its first row in the global batch (a shard's or rank's offset), which keys dropout's masks."""
+    with global_rows(first):
+        logits = model.predict(x, train=True)
     loss = model.loss_fn(logits, targets)
     model.backward()
     return loss, metrics.count_correct(model.loss_fn, logits, truth)

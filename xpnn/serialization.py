@@ -5,7 +5,7 @@ A file is untrusted until proven otherwise. :func:`open_npz` checks, before any 
 - the zip structure: no duplicate or encrypted members, only stored or deflated members, compressed sizes
   that fit in the file, and uncompressed sizes deflate could really produce from them (at most 1032:1),
   so a 3 KB file cannot claim gigabytes;
-- each member's ``.npy`` header (at most 10 KB): a plain floating-point dtype, and a shape whose byte
+- each member's ``.npy`` header (at most 10 KB): a plain floating-point or integer dtype, and a shape whose byte
   count is exactly what the zip entry holds;
 - the JSON header (at most 16 MiB) against a small schema per kind: the type of every field, non-negative
   counts, nesting at most a few levels deep.
@@ -30,7 +30,8 @@ import numpy as np
 
 from .files import write_file
 
-__all__ = ["FormatError", "NpzFile", "atomic_write", "open_npz", "read_npz", "validate_header", "write_npz"]
+__all__ = ["FormatError", "NpzFile", "atomic_write", "open_npz", "read_arrays", "read_npz", "validate_header",
+           "write_npz"]
 
 _HEADER = "__xpnn__"
 MAX_HEADER_BYTES = 16 << 20
@@ -96,8 +97,9 @@ class NpzFile:
         self._archive.close()
 
 
-def open_npz(path: str | os.PathLike, kind: str) -> NpzFile:
-    """Open an xpnn ``.npz`` of ``kind`` (``"model"``, ``"checkpoint"``), checking everything but the array data.
+def open_npz(path: str | os.PathLike, kind: str | tuple[str, ...]) -> NpzFile:
+    """Open an xpnn ``.npz`` of ``kind`` (``"model"``, ``"checkpoint"``, or a tuple of the kinds accepted),
+    checking everything but the array data.
 
     Returns
     -------
@@ -130,13 +132,63 @@ def open_npz(path: str | os.PathLike, kind: str) -> NpzFile:
     return npz
 
 
-def read_npz(path: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_npz(path: str | os.PathLike, kind: str | tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read every array and the header of a file written by :func:`write_npz` (see :func:`open_npz`)."""
     with open_npz(path, kind) as npz:
         return npz.read(npz.shapes), npz.header
 
 
-def _check_members(path: Path, archive: zipfile.ZipFile) -> dict[str, tuple[zipfile.ZipInfo, Any]]:
+def read_arrays(path: str | os.PathLike, expected: dict[str, tuple[str, str]], required: Iterable[str] = ()
+                ) -> dict[str, np.ndarray]:
+    """Read a plain ``.npz`` of NumPy arrays (``numpy.savez``) as untrusted as :func:`open_npz` reads xpnn files.
+
+    The zip structure and every member's ``.npy`` header are checked before anything is allocated (no
+    pickle, no object arrays, sizes that the file can really hold), and the declared total must fit in the
+    machine's memory. Then every member is read, exactly up to its declared size.
+
+    Parameters
+    ----------
+    expected : dict of str to (str, str)
+        Array name -> (NumPy dtype kinds it may have, e.g. ``"fiub"``, and how errors describe them).
+        Members of any other name are refused.
+    required : iterable of str
+        Names that must be present.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist or is not a regular file.
+    FormatError
+        Naming the file and the member, for anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "no such file" if not path.exists() else "not a regular file"
+        raise FileNotFoundError(f"{path}: {reason}")
+    try:
+        archive = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as error:
+        raise FormatError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    with archive:
+        members = _check_members(path, archive, expected)
+        missing = [name for name in required if name not in members]
+        if missing:
+            raise FormatError(f"{path}: has no array {' or '.join(map(repr, missing))} (it holds "
+                              f"{', '.join(sorted(members)) or 'nothing'})")
+        from .layers.base import physical_memory
+
+        total, memory = sum(info.file_size for info, _ in members.values()), physical_memory()
+        if memory and total > memory:
+            raise FormatError(f"{path}: its arrays claim {total / 2**30:,.1f} GiB, more than this machine's "
+                              f"{memory / 2**30:,.1f} GiB of memory")
+        npz = NpzFile(path, archive, members)
+        return npz.read(members)
+
+
+def _check_members(path: Path, archive: zipfile.ZipFile, expected: dict[str, tuple[str, str]] | None = None
+                   ) -> dict[str, tuple[zipfile.ZipInfo, Any]]:
+    """Each member's zip entry and .npy header checked; ``expected`` as for :func:`read_arrays` (None: an
+    xpnn file, floating-point arrays and its JSON header)."""
     infos = archive.infolist()
     names = [info.filename for info in infos]
     if len(set(names)) != len(names):
@@ -160,13 +212,16 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> dict[str, tuple[zipf
         if not plausible:
             raise FormatError(f"{path}: member {name!r} claims {info.file_size} bytes from {info.compress_size} "
                               f"stored (crafted or corrupted)")
-        members[name[:-4]] = (info, _npy_layout(path, archive, info))
-    if _HEADER not in members:
+        if expected is not None and name[:-4] not in expected:
+            raise FormatError(f"{path}: unexpected array {name[:-4]!r}; expected {', '.join(expected)}")
+        members[name[:-4]] = (info, _npy_layout(path, archive, info, expected))
+    if expected is None and _HEADER not in members:
         raise FormatError(f"{path}: not an xpnn file (it has no {_HEADER} header)")
     return members
 
 
-def _npy_layout(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple, bool, np.dtype, int]:
+def _npy_layout(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                expected: dict[str, tuple[str, str]] | None = None) -> tuple[tuple, bool, np.dtype, int]:
     """Shape, Fortran order, dtype and data offset from a member's ``.npy`` header, checked against its size."""
     name = info.filename[:-4]
     try:
@@ -182,10 +237,14 @@ def _npy_layout(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
     except _ZIP_ERRORS as error:
         raise FormatError(f"{path}: member {name!r} is not a readable .npy array ({type(error).__name__}: "
                           f"{error})") from None
-    wanted = "U" if name == _HEADER else "f"
-    if dtype.kind != wanted or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        expected = "a text header" if name == _HEADER else "floating-point numbers"
-        raise FormatError(f"{path}: member {name!r} has dtype {dtype}; expected {expected}")
+    if expected is not None:
+        wanted, described = expected[name]
+    elif name == _HEADER:
+        wanted, described = "U", "a text header"
+    else:
+        wanted, described = "fi", "floating-point numbers or integers"  # integers: counters such as Dropout's step
+    if dtype.kind not in wanted or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise FormatError(f"{path}: member {name!r} has dtype {dtype}; expected {described}")
     if not all(isinstance(n, int) and n >= 0 for n in shape):
         raise FormatError(f"{path}: member {name!r} has an invalid shape {shape}")
     size = math.prod(shape) * dtype.itemsize
@@ -195,7 +254,7 @@ def _npy_layout(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
     return tuple(shape), bool(fortran), dtype, offset
 
 
-def _read_header(npz: NpzFile, kind: str) -> dict[str, Any]:
+def _read_header(npz: NpzFile, kind: str | tuple[str, ...]) -> dict[str, Any]:
     path = npz.path
     info, (shape, _, _, offset) = npz._members[_HEADER]
     if shape != () or info.file_size - offset > MAX_HEADER_BYTES:
@@ -209,9 +268,11 @@ def _read_header(npz: NpzFile, kind: str) -> dict[str, Any]:
         raise FormatError(f"{path}: the {_HEADER} header is not valid JSON ({reason})") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: the {_HEADER} header must be a JSON object, got {type(header).__name__}")
-    if header.get("kind") != kind:
-        raise FormatError(f"{path}: holds an xpnn {header.get('kind')!r}, expected a {kind!r}")
-    validate_header(header, kind, str(path))
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if header.get("kind") not in kinds:
+        expected = " or ".join(repr(k) for k in kinds)
+        raise FormatError(f"{path}: holds an xpnn {header.get('kind')!r}, expected a {expected}")
+    validate_header(header, header["kind"], str(path))
     return header
 
 

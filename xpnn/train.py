@@ -1,7 +1,8 @@
-"""Train a multilayer perceptron or a CNN on MNIST (or any MNIST-layout dataset) from the command line.
+"""Train a multilayer perceptron or a CNN from the command line on MNIST-layout data or a file of your own.
 
     python -m xpnn.train --device cpu --dataset fashion-mnist --epochs 20
     python -m xpnn.train --model cnn --dataset fashion-mnist
+    python -m xpnn.train --data iris.csv --target species --standardize
 
 The flags follow pytorch/examples' mnist/main.py; ``python -m xpnn.train --help`` lists them all. The
 command is a thin layer over :func:`xpnn.fit`: it parses flags, loads data, builds the model and passes
@@ -20,7 +21,9 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
+import stat
 import sys
 import textwrap
 import threading
@@ -32,16 +35,18 @@ from typing import Any
 from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, input_paths, load_dataset
+from .data import DATASETS, DataError, input_paths, load_dataset
+from .datafile import DEFAULT_TEST_SIZE, load_data_file
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .files import OutputError, check_outputs, write_file
 from .heap import retain_freed_memory
 from .initializers import _BY_NAME as INITIALIZERS
 from .layers.base import LayerTooLargeError
-from .model import ACTIVATIONS, Sequential, mlp
+from .lock import OutputLock
+from .model import ACTIVATIONS, Sequential, mlp, standardized
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
 from .parallel import check_workers
-from .serialization import FormatError, read_npz
+from .serialization import FormatError, open_npz, read_npz
 from .trainer import DivergenceError, Trainer
 
 PROG = "python -m xpnn.train"
@@ -89,6 +94,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -120,10 +135,25 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Settings saved in a checkpoint: a resumed run takes them from the checkpoint when the flag is not given,
-# and refuses a different value, which would make the resumed run differ from an uninterrupted one.
+# and refuses a different value, which would make the resumed run differ from an uninterrupted one (except
+# TUNABLE_SETTINGS below).
 # --epochs and --workers may change (with a warning); --device may change (results then agree to float rounding).
 EXACT_SETTINGS = ("model", "dataset", "batch_size", "full_batch", "lr", "optimizer", "momentum", "weight_decay",
-                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout")
+                  "schedule", "seed", "val", "hidden", "activation", "init", "dropout", "target", "test_size",
+                  "standardize")
+# Of those, the ones fine-tuning may change on --resume: training continues from the checkpoint's weights and
+# optimizer state with the new values (one warning: no longer an exact continuation), and the new values are saved.
+TUNABLE_SETTINGS = ("lr", "schedule", "batch_size", "weight_decay")
+# Why a resumed run cannot change the others, for the message that refuses them.
+_FIXED_BY_CHECKPOINT = {
+    **dict.fromkeys(("model", "hidden", "activation", "dropout"), "the checkpoint's weights fit its architecture"),
+    **dict.fromkeys(("dataset", "val", "target", "test_size"), "its weights and history were trained on that data"),
+    **dict.fromkeys(("optimizer", "momentum"), "its optimizer state belongs to its update rule"),
+    "full_batch": "its optimizer state belongs to its batch mode",
+    "seed": "the shuffles and dropout masks of the epochs left follow its seed",
+    "init": "its weights are already initialized",
+    "standardize": "its model holds (or lacks) the training set's statistics",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,12 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
         return f"(default: {mlp_d[key]}; with --model cnn: {cnn_d[key]})"
 
     add("--model", default="mlp", choices=MODELS,
-        help="mlp: the seeds' multilayer perceptron on (N, 784); cnn: two conv layers on (N, 1, 28, 28) "
+        help="mlp: a multilayer perceptron on (N, 784); cnn: two conv layers on (N, 1, 28, 28) "
              "(default: mlp)")
     add("--device", default="cpu", help="cpu, gpu, cuda:N, torch or torch:cuda (default: cpu)")
     add("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset to train on (default: mnist)")
     add("--data-dir", default=None, metavar="DIR",
         help="folder with the four MNIST-layout IDX files, .gz or raw; no download (default: search, then download)")
+    add("--data", dest="data_file", default=None, metavar="FILE",
+        help="train on your own .npz (x_train, y_train, optional x_test, y_test) or .csv (a header row, numeric "
+             "features, a label column) instead of --dataset/--data-dir (default: none)")
+    add("--target", default=None, metavar="COLUMN",
+        help="the label column of a --data CSV (default: the column named label, else the last column)")
+    add("--test-size", type=_fraction, default=None, metavar="F",
+        help=f"fraction of a --data file held out as the test set when it has none (default: {DEFAULT_TEST_SIZE})")
+    add("--standardize", action="store_true",
+        help="scale each feature (each channel of images) by the training set's mean and standard deviation, "
+             "saved with the model so that predictions apply it too (default: off)")
     add("--epochs", type=_positive_int, default=None, help=f"number of epochs {per_model('epochs')}")
     add("--batch-size", type=_positive_int, default=128, metavar="N", help="samples per step (default: 128)")
     add("--full-batch", action="store_true", help="one step per epoch over the whole training set (default: off)")
@@ -161,9 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val", type=_non_negative_int, default=0, metavar="N",
         help="hold out N training samples for validation (default: 0)")
     add("--seed", type=_non_negative_int, default=1, help="random seed, an integer >= 0 (default: 1)")
-    add("--save", default=None, metavar="PATH", help="checkpoint after every epoch and at the end (default: none)")
+    add("--save", default=None, metavar="PATH",
+        help="checkpoint after every epoch and at the end; an existing file is refused unless it is --resume's "
+             "or --overwrite is given (default: none)")
+    add("--overwrite", action="store_true",
+        help="let a new run replace the file at --save, once its first epoch is done (default: off)")
     add("--resume", default=None, metavar="PATH",
-        help="continue from a checkpoint written by --save; flags not given are taken from it (default: none)")
+        help="continue from a checkpoint written by --save; flags not given are taken from it, and --lr, "
+             "--schedule, --batch-size, --weight-decay and --epochs may change to fine-tune it (default: none)")
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
@@ -171,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
              "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
-        help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
-             "(no dropout, no batchnorm, one process), eager with a warning if the capture fails "
-             "(default: auto)")
+        help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python, "
+             "in xpnn[gpu]); auto: on gpu and torch:cuda wherever it can, eager with one warning line where it "
+             "cannot (several MPI ranks); on: exit with an error instead (default: auto)")
     return parser
 
 
@@ -189,6 +234,7 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     Returns warnings to print. Raises UsageError for a given flag that differs from the checkpoint.
     """
     warnings = []
+    tuned: list[str] = []  # fine-tuning: "--lr 0.001 (checkpoint: 0.01)"
     if saved is not None:
         saved = {**{"model": "mlp"}, **saved}  # checkpoints from before --model trained MLPs
         if "init" in saved and saved["init"] is None:  # before the effective initializer was saved
@@ -200,10 +246,14 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             if key not in given:
                 setattr(args, key, saved[key])
             elif _differs(getattr(args, key), saved[key]):
+                if key in TUNABLE_SETTINGS:
+                    tuned.append(f"{flag} {_show(getattr(args, key))} (checkpoint: {_show(saved[key])})")
+                    continue
                 raise UsageError(
-                    f"{flag} {_show(getattr(args, key))} differs from the checkpoint's {_show(saved[key])}; "
-                    f"a resumed run must repeat it to continue exactly (drop {flag}, or start a new run "
-                    "without --resume)"
+                    f"{flag} {_show(getattr(args, key))} differs from the checkpoint's {_show(saved[key])}, and "
+                    f"{_FIXED_BY_CHECKPOINT.get(key, 'a resumed run keeps it')}: drop {flag} to continue that run, "
+                    "or start a new one without --resume (fine-tuning may change only "
+                    f"{', '.join('--' + k.replace('_', '-') for k in TUNABLE_SETTINGS)} and --epochs)"
                 )
     for key, value in MODEL_DEFAULTS[args.model].items():
         if getattr(args, key) is None:
@@ -218,11 +268,14 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             args.workers = saved["workers"]
         elif args.workers != saved["workers"]:
             warnings.append(f"--workers {args.workers} differs from the checkpoint's {saved['workers']}: from here "
-                            "dropout draws other streams (and BatchNorm other shard statistics), so the resumed run "
-                            "differs from an uninterrupted one")
+                            "gradients are summed over other shards (and BatchNorm normalizes by other shard "
+                            "statistics), so the resumed run is not bit-identical to an uninterrupted one; dropout's "
+                            "masks stay the same")
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
+        elif args.epochs != saved["epochs"] and tuned:
+            tuned.append(f"--epochs {args.epochs} (checkpoint: {saved['epochs']})")
         elif args.epochs != saved["epochs"]:
             note = (f"--epochs {args.epochs} differs from the checkpoint's {saved['epochs']}: training continues "
                     f"to epoch {args.epochs}")
@@ -230,7 +283,25 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
                 note += (f"; the cosine schedule now spans {args.epochs} epochs, so the learning rates from here "
                          "on differ from both an uninterrupted run of either length")
             warnings.append(note)
+    if tuned:
+        warnings.append(f"fine-tuning with {', '.join(tuned)}: training continues from the checkpoint's weights and "
+                        "optimizer state with these settings, so this run is no longer an exact continuation of "
+                        "the one that wrote it (the checkpoints it writes hold the new settings)")
     return warnings
+
+
+def device_kind(backend: Any) -> str:
+    """The kind of device a run computes on, as saved in a checkpoint: ``numpy``, ``torch``, ``torch (GPU)``, ...
+
+    The GPU's index is left out: MPI ranks train on different GPUs of one kind, and another GPU of the same
+    kind computes the same numbers.
+    """
+    library = backend.name.split(":")[0]
+    return f"{library} (GPU)" if backend.launch_bound and backend.name != library else backend.name
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
 
 
 def default_init(activation: str) -> str:
@@ -252,8 +323,10 @@ def check_settings(saved: Any, path: str) -> dict[str, Any]:
     for key, value in saved.items():
         if key == "data":
             ok = isinstance(value, str)
-        elif key == "full_batch":
+        elif key in ("full_batch", "standardize"):
             ok = isinstance(value, bool)
+        elif key in ("data_file", "target", "test_size") and value is None:
+            ok = True
         elif key == "hidden":
             ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                  for v in value)
@@ -294,12 +367,14 @@ def _show(value: Any) -> str:
     return "(on)" if value is True else "(off)" if value is False else str(value)
 
 
-def data_fingerprint(x: Any, y: Any) -> str:
-    """A short hash of the training arrays, so a resume on other data is refused."""
+def data_fingerprint(x: Any, y: Any, class_names: Sequence[str] | None = None) -> str:
+    """A short hash of the training arrays (and the class names, if any), so a resume on other data is refused."""
     digest = hashlib.blake2b(digest_size=8)
     for a in (x, y):
         digest.update(str((a.shape, a.dtype.str)).encode())
         digest.update(memoryview(a).cast("B"))
+    if class_names is not None:
+        digest.update(json.dumps(list(class_names)).encode())
     return digest.hexdigest()
 
 
@@ -320,11 +395,22 @@ class Run:
             check_workers(args.workers, self.backend, PROG, option="--workers")
         except (ValueError, ImportError) as error:
             raise UsageError(str(error)) from None
-        self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
-        self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
+        if args.data_file is not None:
+            try:
+                self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
+                                           val=args.val, seed=args.seed)
+            except DataError:
+                raise
+            except ValueError as error:  # a flag the file contradicts (--target for an .npz, ...)
+                raise UsageError(str(error)) from None
+        else:
+            self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
+        self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train, self.data.class_names)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
-            raise UsageError(f"--resume: the checkpoint was trained on other data than {self.data.directory} "
-                             f"(dataset {args.dataset}, --val {args.val}); point --data-dir at the same files")
+            source = (f"--data {args.data_file}" if args.data_file is not None
+                      else f"{self.data.directory} (dataset {args.dataset})")
+            raise UsageError(f"--resume: the checkpoint was trained on other data than {source} (--val {args.val}); "
+                             f"point {'--data' if args.data_file is not None else '--data-dir'} at the same files")
         n = self.data.x_train.shape[0]
         if not args.full_batch and args.batch_size > n:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
@@ -345,6 +431,7 @@ class Run:
         except ValueError as error:
             raise UsageError(str(error)) from None
         self.start_epoch = 0
+        self.resumed_rows = 0
         self.saved_epoch: int | None = None
         self.metrics_written = False
 
@@ -354,13 +441,22 @@ class Run:
         if args.model == "cnn":
             from .model import cnn
 
-            self.image_shape = (1, *data.image_shape)
-            return cnn((1, 32, 64), (128, data.n_classes), image_size=data.image_shape, activation=args.activation,
-                       init=args.init, dropout=args.dropout, backend=self.backend, seed=args.seed)
-        self.image_shape = None
-        sizes = [data.n_features, *args.hidden, data.n_classes]
-        return mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,
-                   backend=self.backend, seed=args.seed)
+            if data.image_shape is None:
+                raise ValueError(f"it holds rows of {data.n_features} features, not images; a CNN takes images "
+                                 "(N, H, W) or (N, C, H, W) from an .npz: use --model mlp")
+            self.image_shape = data.input_shape
+            model = cnn((data.channels, 32, 64), (128, data.n_classes), image_size=data.image_shape,
+                        activation=args.activation, init=args.init, dropout=args.dropout, backend=self.backend,
+                        seed=args.seed)
+        else:
+            self.image_shape = None
+            sizes = [data.n_features, *args.hidden, data.n_classes]
+            model = mlp(sizes, activation=args.activation, init=args.init, std=std, dropout=args.dropout,
+                        backend=self.backend, seed=args.seed)
+        if args.standardize:
+            model = standardized(model, self.inputs(data.x_train))
+        model.class_names = data.class_names
+        return model
 
     def inputs(self, x: Any) -> Any:
         """Images as the model takes them: (N, 784) rows for the MLP, (N, 1, 28, 28) for the CNN."""
@@ -368,12 +464,32 @@ class Run:
 
     def settings(self) -> dict[str, Any]:
         keys = ("epochs", "workers", *EXACT_SETTINGS)
-        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint}
+        file = None if self.args.data_file is None else os.path.abspath(self.args.data_file)
+        return {**{k: getattr(self.args, k) for k in keys}, "data": self.fingerprint, "data_file": file,
+                "device": device_kind(self.backend), "processes": self.comm.size}
+
+    def machine_warning(self, saved: dict[str, Any] | None) -> str | None:
+        """One line when the checkpoint was trained on another kind of device or another number of MPI processes."""
+        if saved is None:
+            return None
+        changes = []
+        device = device_kind(self.backend)
+        if isinstance(saved.get("device"), str) and saved["device"] != device:
+            changes.append(f"on {device} (the checkpoint was trained on {saved['device']})")
+        processes = saved.get("processes")
+        if isinstance(processes, int) and processes != self.comm.size:
+            changes.append(f"with {_count(self.comm.size, 'process')} (the checkpoint was trained with "
+                           f"{_count(processes, 'process')})")
+        if not changes:
+            return None
+        return (f"resuming {' and '.join(changes)}: from here the numbers agree with an uninterrupted run only to "
+                "float rounding")
 
     def resume(self, path: str) -> None:
         header = load_checkpoint(path, self.model, self.optimizer)
         self.start_epoch = header["epoch"]
         self.trainer.history.rows[:] = header["history"]
+        self.resumed_rows = len(header["history"])
         same = self.args.save is not None and os.path.exists(self.args.save) and os.path.samefile(self.args.save, path)
         self.saved_epoch = self.start_epoch if same else None  # what --save holds so far
         if self.start_epoch > self.args.epochs:
@@ -394,6 +510,8 @@ class Run:
             kind = f"CNN {'x'.join(map(str, self.image_shape))} -> {d.n_classes}"
         else:
             kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
+        if a.standardize:
+            kind += " (standardized inputs)"
         batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
         ranks = f" x {self.comm.size} processes" if self.comm.size > 1 else ""
         ranks += f" x {a.workers} workers" if a.workers > 1 else ""
@@ -455,12 +573,13 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val", "test"):
-        if f"{split}_loss" in history[0]:
-            left.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
-            right.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], marker="o", label=split)
+        rows = [row for row in history if _numbers(row, "epoch", f"{split}_loss", f"{split}_accuracy")]
+        if rows:  # a resumed checkpoint's rows may lack columns that later rows have
+            epochs = [row["epoch"] for row in rows]
+            left.plot(epochs, [row[f"{split}_loss"] for row in rows], marker="o", label=split)
+            right.plot(epochs, [100 * row[f"{split}_accuracy"] for row in rows], marker="o", label=split)
     left.set(xlabel="epoch", ylabel="loss", title="Loss")
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for axis in (left, right):
@@ -475,22 +594,139 @@ def plot_history(path: str, history: list[dict[str, Any]], title: str) -> None:
         plt.close(fig)
 
 
+def check_data_flags(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse flags that cannot go together: --data with --dataset/--data-dir, --target without a --data CSV."""
+    if args.data_file is not None:
+        both = [f"--{key.replace('_', '-')}" for key in ("dataset", "data_dir") if key in given]
+        if both:
+            raise UsageError(f"--data and {' and '.join(both)} cannot be used together: --data trains on your own "
+                             f"file, {both[0]} on an MNIST-layout dataset; give one of them")
+        return
+    for flag, key in (("--target", "target"), ("--test-size", "test_size")):
+        if getattr(args, key) is not None and key in given:
+            raise UsageError(f"{flag} applies to a --data file; add --data FILE or drop {flag}")
+
+
 def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = None) -> int:
+    """Run one training command; returns the exit status. Locks held for ``--save`` are released on any exit."""
+    with contextlib.ExitStack() as cleanup:
+        return _train(args, given, comm, cleanup)
+
+
+def claim_save(args: argparse.Namespace, comm: Any, cleanup: contextlib.ExitStack) -> bool:
+    """Apply the rule for an existing ``--save`` file and lock it for this run (rank 0 decides for every rank).
+
+    A new run never destroys what a path already holds: a ``--save`` file that is not the checkpoint being
+    resumed is refused unless ``--overwrite`` is given, and even then it is kept until the new run's first
+    epoch has a checkpoint to put there. A second run on the same ``--save`` path is refused while the
+    first holds its lock file.
+
+    Returns
+    -------
+    bool
+        Whether ``--save`` holds an earlier file to keep until the first epoch ends (no epoch-0 checkpoint).
+    """
+    if args.overwrite and not args.save:
+        raise UsageError("--overwrite lets a new run replace the file at --save; give --save PATH or drop --overwrite")
+    comm = comm or Local()
+    if not args.save:
+        return False
+    problem: OutputError | None = None
+    keep = False
+    if comm.is_root:
+        try:
+            if not _is_device(args.save):  # first: a file another run is writing is not "an earlier run's"
+                cleanup.enter_context(OutputLock(args.save, "--save"))
+            keep = _existing_save(args)
+        except OutputError as error:
+            problem = error
+    if comm.any(problem is not None):  # every rank stops; the others' message is never shown
+        raise problem or OutputError("--save: refused by rank 0")
+    return keep
+
+
+def _is_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _existing_save(args: argparse.Namespace) -> bool:
+    """Refuse (or, with --overwrite, keep until the first epoch) a non-empty file at --save; see claim_save."""
+    try:
+        info = os.stat(args.save)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return False
+    if args.resume and os.path.exists(args.resume) and os.path.samefile(args.save, args.resume):
+        return False
+    if args.overwrite:
+        return True
+    try:
+        with open_npz(args.save, "checkpoint") as npz:
+            what = f"a checkpoint after epoch {npz.header['epoch']}"
+    except (FormatError, OSError):
+        what = "a file that is not an xpnn checkpoint"
+    if args.resume:
+        return _refuse(f"--save {args.save} already holds {what}, and this run resumes another file; choose "
+                       "another --save path, or pass --overwrite to replace it")
+    return _refuse(f"--save {args.save} already holds {what}; continue that run with --resume {args.save}, or "
+                   "start over with --overwrite (or delete the file)")
+
+
+def _check_epochs_left(args: argparse.Namespace, given: set[str], saved: dict[str, Any], done: int) -> None:
+    """Before any warning: --epochs below what the checkpoint has trained, or fine-tuning flags on a checkpoint
+    that has trained all its epochs (they would change nothing), are refused."""
+    if done > args.epochs:
+        raise UsageError(f"--epochs {args.epochs}: the checkpoint {args.resume} has already trained {done} epochs; "
+                         "pass a larger --epochs to continue")
+    tuned = [key for key in TUNABLE_SETTINGS
+             if key in given and key in saved and _differs(getattr(args, key), saved[key])]
+    if tuned and done >= args.epochs:
+        flags = " and ".join("--" + key.replace("_", "-") for key in tuned)
+        raise UsageError(f"--resume {args.resume} has trained all {args.epochs} epochs, so {flags} would change "
+                         f"nothing; pass --epochs larger than {done} to fine-tune it")
+
+
+def _refuse(message: str) -> bool:
+    raise OutputError(message)
+
+
+def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup: contextlib.ExitStack) -> int:
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError('--plot needs matplotlib; install it with pip install "xpnn[plot]"') from None
+            raise ValueError("--plot needs matplotlib; install it with pip install matplotlib") from None
+    given = set() if given is None else given
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
         saved = check_settings(header.get("settings", {}), args.resume)
-    for warning in apply_defaults(args, set() if given is None else given, saved):
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        if args.data_file is None and not {"dataset", "data_dir"} & given and saved.get("data_file") is not None:
+            args.data_file = saved["data_file"]  # like every flag not given: taken from the checkpoint
+    refused: UsageError | None = None
+    try:
+        check_data_flags(args, given)
+        notes = apply_defaults(args, given, saved)
+        if saved is not None:
+            _check_epochs_left(args, given or set(), saved, header["epoch"])
+    except UsageError as error:  # said after the outputs' checks: a --save another run is writing comes first
+        notes, refused = [], error
+    data_inputs = ({"--data": [args.data_file]} if args.data_file is not None
+                   else {"--data-dir": input_paths(args.dataset, args.data_dir)})
     check_outputs({"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
-                  inputs={"--resume": args.resume, "--data-dir": input_paths(args.dataset, args.data_dir)},
-                  allow_same=[("--save", "--resume")])
+                  inputs={"--resume": args.resume, **data_inputs}, allow_same=[("--save", "--resume")])
+    keep_earlier_save = claim_save(args, comm, cleanup)
+    if refused is not None:
+        raise refused
+    for warning in notes:  # once the outputs are accepted: a refused run says only why
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     run = Run(args, saved, comm)
+    if (note := run.machine_warning(saved)) and run.comm.is_root:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.resume:
         run.resume(args.resume)
     run.say(f"xpnn: {run.describe()}")
@@ -498,7 +734,7 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
     eval_sets = {"test": (run.inputs(data.x_test), data.y_test)}
     if data.x_val is not None:
         eval_sets = {"val": (run.inputs(data.x_val), data.y_val), **eval_sets}
-    if args.save and run.saved_epoch is None:
+    if args.save and run.saved_epoch is None and not keep_earlier_save:
         with _interrupts_deferred():  # so that an interrupted first epoch still leaves a checkpoint to resume from
             run.checkpoint(run.start_epoch)
     started = time.perf_counter()
@@ -507,33 +743,45 @@ def train(args: argparse.Namespace, given: set[str] | None = None, comm: Any = N
                                   callbacks=[_EpochEnd(run)], initial_epoch=run.start_epoch,
                                   verbose=not args.quiet, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted in epoch {len(run.trainer.history) + 1}", file=sys.stderr)
+        rows = run.trainer.history
+        done = rows[-1]["epoch"] if len(rows) > run.resumed_rows else run.start_epoch  # resumed rows may be few
+        print(f"\ninterrupted in epoch {done + 1}", file=sys.stderr)
         if args.save and run.saved_epoch is not None:
             print(f"checkpoint after epoch {run.saved_epoch} is in {args.save}; "
                   f"continue with --resume {args.save}", file=sys.stderr)
         return 130
     except DivergenceError as error:
-        kept = (f"; the last good checkpoint (epoch {run.saved_epoch}) is in {args.save}"
-                if args.save and run.saved_epoch is not None else "")
-        print(f"{PROG}: error: {error}: try a smaller --lr (now {args.lr}){kept}", file=sys.stderr)
+        smaller = f"--lr {args.lr / 10:g}"
+        if args.save and run.saved_epoch is not None:
+            advice = (f"; the last good checkpoint (epoch {run.saved_epoch}) is in {args.save}: continue from it "
+                      f"with --resume {shlex.quote(args.save)} {smaller}")
+        else:
+            advice = f", e.g. {smaller}"
+        print(f"{PROG}: error: {error}: try a smaller --lr (now {args.lr}){advice}", file=sys.stderr)
         return 1
     if not run.comm.is_root:
         return 0
-    last = history[-1]["epoch"] if len(history) else 0
+    last = history[-1]["epoch"] if len(history) > run.resumed_rows else run.start_epoch
     if args.save and run.saved_epoch != last:  # e.g. a finished checkpoint resumed into another --save
         run.checkpoint(last)
     if args.metrics and len(history) and not run.metrics_written:
         write_metrics(args.metrics, history.rows)
     if args.plot and len(history):
         plot_history(args.plot, history.rows, run.describe())
-    if len(history):
-        best = max(history, key=lambda row: row["test_accuracy"])
-        last = history[-1]
-        print(f"done: {len(history)} epochs, {time.perf_counter() - started:.1f} s this run; "
+    scored = [row for row in history if _numbers(row, "epoch", "test_accuracy", "test_loss")]
+    if scored:  # rows of a checkpoint written by the library may lack the test columns
+        best = max(scored, key=lambda row: row["test_accuracy"])
+        last = scored[-1]
+        print(f"done: {last['epoch']} epochs, {time.perf_counter() - started:.1f} s this run; "
               f"test accuracy {last['test_accuracy']:.2%} (best {best['test_accuracy']:.2%} at epoch "
               f"{best['epoch']}), test loss {last['test_loss']:.4f}"
               + (f"; checkpoint {args.save}" if args.save else ""), flush=True)
     return 0
+
+
+def _numbers(row: dict[str, Any], *keys: str) -> bool:
+    """Whether ``row`` holds a number (not a bool) under each of ``keys``."""
+    return all(isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool) for k in keys)
 
 
 def main(argv: list[str] | None = None) -> int:

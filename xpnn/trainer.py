@@ -104,15 +104,16 @@ class Trainer:
         multiply the peak memory, and for a CNN on the CPU are slower too (the C heap returns arrays of tens
         of megabytes to the system after each batch and pages new ones in).
     cuda_graphs : {"auto", "on", "off"}
-        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` where it is
-        safe (torch on CUDA, no dropout, no buffers, one process; a step whose recording fails runs eagerly
-        after one warning), ``on`` raises where it is not. Same results.
+        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` wherever it can
+        (torch on CUDA, or CuPy with nvmath-python; one process; dropout and BatchNorm included), with one
+        warning where a GPU step stays eager and after one warning if recording fails; ``on`` raises where it
+        cannot. Same results as eager steps (matrix products may round differently on CuPy).
     workers : int, default 1
         Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`): 2 on a two-core
-        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding; dropout streams and
-        BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
+        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding and dropout's masks are
+        the same; BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
         1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
-        threadpoolctl (``pip install 'xpnn[threads]'``). A script that trains on NumPy may also want
+        threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy may also want
         :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
 
     Attributes
@@ -127,8 +128,12 @@ class Trainer:
                  schedule: Callable[[int], float] | None = None, seed: int = 0, comm: Any = None,
                  divergence_factor: float | None = 100.0, eval_batch_size: int | None = None, cuda_graphs: str = "auto",
                  workers: int = 1):
-        if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+        _check_pair(model, optimizer)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
+                                       or batch_size < 1):
             raise ValueError(f"Trainer: batch_size must be a positive integer or None, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"Trainer: seed must be an integer >= 0, got {seed!r}")
         if divergence_factor is not None and not divergence_factor > 1:
             raise ValueError(f"Trainer: divergence_factor must be > 1 or None, got {divergence_factor!r}")
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
@@ -157,7 +162,8 @@ class Trainer:
         Parameters
         ----------
         x : array_like, (N, ...)
-            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype).
+            Inputs (NumPy arrays or lists; converted to the model's backend and float dtype). Flat rows
+            (N, C·H·W) for a model of input (C, H, W) are reshaped (:meth:`Sequential.unflatten`).
         y : array_like
             Softmax classifier: integer labels (N,) in [0, C) or one-hot rows (N, C). Binary classifier:
             0/1 targets (N,) or (N, K). Regression: targets (N,) or (N, K). A 1-d target of a binary model
@@ -171,7 +177,7 @@ class Trainer:
             Naming the problem (sizes, NaN, label range, shapes that do not fit the model) before any training.
         """
         be, model = self.model.backend, self.model
-        x, y = _host(x, f"{what}: x"), _host(y, f"{what}: y")
+        x, y = model.unflatten(_host(x, f"{what}: x")), _host(y, f"{what}: y")
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"{what}: x must have shape (N, features...) with N >= 1, got {x.shape}")
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
@@ -187,6 +193,10 @@ class Trainer:
         labels = None
         if task == "multiclass":
             n_classes = n_out[-1]
+            if y.ndim == 2 and y.shape[1] == 1 and n_classes > 1 and y.dtype.kind in "iu":
+                y = y[:, 0]  # a column of labels, as scikit-learn and Keras' sparse losses accept
+            if y.ndim == 2 and y.dtype.kind in "iub" and y.shape[1:] == (n_classes,) and np.isin(y, (0, 1)).all():
+                y = y.astype(np.float64)  # integer one-hot rows, as Keras' to_categorical can give
             if y.ndim == 1:
                 if y.dtype.kind not in "iu":
                     raise ValueError(f"{what}: class labels must be integers, got dtype {y.dtype}; "
@@ -226,7 +236,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, data: DeviceData, index: int, progress: bool = False) -> dict[str, Any]:
-        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds shuffle and dropout).
+        """One pass over ``data``; ``index`` is the 0-based epoch number (it seeds the shuffle).
 
         Returns this rank's sums as device arrays (nothing is read back): ``loss`` (Σ batch loss × batch
         size), ``correct`` (or None), ``first`` (the first batch's loss × its size), ``first_n``, ``n``.
@@ -239,7 +249,6 @@ class Trainer:
             raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
             self.optimizer.lr = self.base_lr * self.schedule(index)
-        entropy = (index,) if comm.size == 1 else (index, comm.rank)
         order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
             order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
@@ -247,17 +256,19 @@ class Trainer:
                 data, order = data.take(order), None
         losses, hits, sizes = [], [], []
         checking, model.check_values = model.check_values, False  # the data was checked once, up front
-        if self.parallel is None:
-            model.reseed(*entropy)
         with _restore_checks(model, checking), \
-                self.parallel.epoch(*entropy) if self.parallel else contextlib.nullcontext(), \
+                self.parallel.epoch() if self.parallel else contextlib.nullcontext(), \
                 ProgressBar(math.ceil(n / batch), f"epoch {index + 1}", unit="batches", enabled=progress) as bar:
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
                 lo, hi = comm.shard(start, stop)
+                first = lo - start  # this rank's first row in the global batch: its part of dropout's masks
                 if self.full_batch_of is not None:  # full batch, sharded: this rank holds only its rows
+                    first = comm.shard(0, self.full_batch_of)[0]
                     lo, hi, stop = 0, n, self.full_batch_of
                 if hi == lo:  # a last batch smaller than the number of ranks leaves some ranks nothing
+                    for layer in model.layers:
+                        layer.advance()  # Dropout counts the step, as on the ranks that trained it
                     comm.allreduce_gradients(model, 0, stop - start)
                     self.optimizer.step()
                     bar.update()
@@ -273,7 +284,7 @@ class Trainer:
                     continue
                 truth = part.targets if part.labels is None else part.labels
                 step = self.parallel.step if self.parallel is not None else partial(train_step, model)
-                loss, hit = step(part.x, part.targets, truth)
+                loss, hit = step(part.x, part.targets, truth, first)
                 comm.allreduce_gradients(model, hi - lo, stop - start)
                 self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
@@ -379,17 +390,34 @@ class Trainer:
         xp = self.model.backend.xp
         return {name: xp.asarray(value, copy=True) for name, value in self.model.state_dict().items()}
 
+    def optimizer_snapshot(self) -> dict[str, Any]:
+        """A copy of the optimizer's state (moments, step count, learning rate), for :meth:`restore_optimizer`."""
+        xp = self.model.backend.xp
+        return {key: xp.asarray(value, copy=True) if hasattr(value, "shape") else value
+                for key, value in self.optimizer.state_dict().items()}
+
+    def restore_optimizer(self, snapshot: dict[str, Any]) -> None:
+        """Put back what :meth:`optimizer_snapshot` copied (unchecked: it came from this optimizer)."""
+        optimizer = self.optimizer
+        optimizer.state = {key: value for key, value in snapshot.items() if key not in ("steps", "lr")}
+        optimizer.steps, optimizer.lr = snapshot["steps"], snapshot["lr"]  # the next step rebuilds its buffers
+
     def fit(self, x: Any, y: Any, *, epochs: int = 10, validation_data: tuple[Any, Any] | None = None,
             validation_split: float = 0.0, eval_sets: dict[str, tuple[Any, Any]] | None = None,
             callbacks: Iterable[Callback] = (), initial_epoch: int = 0, verbose: bool = True,
             progress: bool = True) -> History:
         """Train for ``epochs`` epochs (counting those before ``initial_epoch``); see :func:`xpnn.fit`."""
-        if not isinstance(epochs, int | np.integer) or epochs < 1:
+        if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
             raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
-        if not isinstance(initial_epoch, int | np.integer) or not 0 <= initial_epoch <= epochs:
+        if (isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int | np.integer)
+                or not 0 <= initial_epoch <= epochs):
             raise ValueError(f"fit: initial_epoch must be an integer in [0, epochs={epochs}], got {initial_epoch!r}")
-        if not 0.0 <= validation_split < 1.0:
+        if (isinstance(validation_split, bool) or not isinstance(validation_split, int | float | np.floating)
+                or not 0.0 <= validation_split < 1.0):
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        _check_pair(self.model, self.optimizer)
+        _check_trainable(self.model, self.optimizer)
+        callbacks = _callback_list(callbacks)
         if validation_split and validation_data is not None:
             raise ValueError("fit: pass validation_data or validation_split, not both")
         x, y = _host(x, "fit: x"), _host(y, "fit: y")
@@ -421,28 +449,27 @@ class Trainer:
         if self.comm.any(problem is not None):  # a shard's problem stops every rank, not just its own
             raise problem or ValueError("fit: another process found a problem in its part of the training data")
         evaluations = {name: self.device_data(*pair, what=f"{name} data") for name, pair in sets.items()}
-        callbacks = list(callbacks)
-        for callback in callbacks:
-            if not isinstance(callback, Callback):
-                raise TypeError(f"fit: {callback!r} is not an xpnn.callbacks.Callback")
         self.comm.broadcast_parameters(self.model)
         self.stop_training = False
         for callback in callbacks:
             callback.on_train_begin(self)
-        last_good = self.snapshot()
+        last_good, last_good_state = self.snapshot(), self.optimizer_snapshot()
         with np.errstate(all="ignore"):  # overflow is reported once, as divergence, not as warnings
             for index in range(initial_epoch, epochs):
                 try:
                     row = self.run_epoch(data, index, evaluations, progress=progress and self.comm.is_root)
                 except DivergenceError:
-                    self.model.load_state_dict(last_good)  # what the model keeps is the last good epoch
+                    # What the model and optimizer keep is the last good epoch: moments that blew up would
+                    # make the next fit() diverge at its first step.
+                    self.model.load_state_dict(last_good)
+                    self.restore_optimizer(last_good_state)
                     for callback in callbacks:  # EarlyStopping may put back an even better one
                         callback.on_train_end(self)
                     raise
                 self.history.append(row)
                 if verbose and self.comm.is_root:
                     print(format_row(row, epochs), flush=True)
-                last_good = self.snapshot()
+                last_good, last_good_state = self.snapshot(), self.optimizer_snapshot()
                 for callback in callbacks:
                     callback.on_epoch_end(self, row)
                 if self.stop_training:
@@ -466,7 +493,8 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
     optimizer : Optimizer
         E.g. ``xpnn.optim.Adam(model, lr=1e-3)``.
     x : array_like, (N, ...)
-        Inputs on the host (NumPy arrays or lists); copied to the model's device once.
+        Inputs on the host (NumPy arrays or lists); copied to the model's device once. Flat rows (N, C·H·W)
+        for a model of input (C, H, W), such as :func:`xpnn.data.load_dataset` gives, are reshaped.
     y : array_like
         Integer labels (N,) or one-hot rows (N, C) for a softmax classifier; 0/1 targets (N,) or (N, K)
         for a binary one; targets (N,) or (N, K) for a regression.
@@ -527,6 +555,48 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
                        eval_sets=eval_sets, callbacks=callbacks, verbose=verbose, progress=progress)
 
 
+def _check_pair(model: Any, optimizer: Any) -> None:
+    """One line when the optimizer is not an xpnn optimizer of this very model."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"fit: model must be an xpnn Sequential (e.g. xpnn.mlp(...)), got {type(model).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"fit: optimizer must be an xpnn optimizer made for the model, e.g. "
+                        f"xpnn.optim.Adam(model, lr=1e-3), got {optimizer!r}")
+    if optimizer.model is not model:
+        raise ValueError(f"fit: the {type(optimizer).__name__} was made for another model, so it would train that one "
+                         f"and leave this one as it is; make it for this model: {type(optimizer).__name__}(model, ...)")
+
+
+def _check_trainable(model: Sequential, optimizer: Optimizer) -> None:
+    """One line when the optimizer would update no parameter at all."""
+    if next(optimizer.trained_slots(), None) is not None:
+        return
+    if not model.named_parameters():
+        raise ValueError("fit: the model has no parameters to train; add a layer with weights (e.g. Affine)")
+    if not model.named_parameters(trainable_only=True):
+        raise ValueError("fit: every layer of the model is frozen, so training would change nothing; unfreeze "
+                         "some (model.unfreeze(...) or layer.trainable = True)")
+    names = ", ".join(sorted(optimizer.params or ()))
+    raise ValueError(f"fit: every parameter the {type(optimizer).__name__} trains ({names}) is frozen, so training "
+                     "would change nothing; unfreeze their layers or give it other params")
+
+
+def _callback_list(callbacks: Any) -> list[Callback]:
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        raise TypeError(f"fit: callbacks must be a list of callbacks; wrap the one you have: callbacks=[{callbacks!r}]")
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(f"fit: callbacks must be a list of xpnn.callbacks.Callback, got {callbacks!r}") from None
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(f"fit: {callback!r} is not an xpnn.callbacks.Callback; subclass it, or wrap a function "
+                            "as LambdaCallback(on_epoch_end)")
+    return callbacks
+
+
 def format_row(row: dict[str, Any], epochs: int) -> str:
     """One epoch as a line: ``epoch 3/20  train loss 0.4123 acc 85.12%  val loss ...  2.1 s  28,000 samples/s``."""
     line = f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"
@@ -553,11 +623,15 @@ def _host(a: Any, what: str) -> np.ndarray:
     """A NumPy view of host data; arrays of a device library must be copied by the caller, deliberately."""
     if isinstance(a, np.ndarray):
         return a
-    if isinstance(a, list | tuple) or np.isscalar(a):
-        return np.asarray(a)
     module = type(a).__module__.split(".")[0]
-    if module in ("numpy", "array_api_strict"):
-        return np.asarray(a)
+    if isinstance(a, list | tuple) or np.isscalar(a) or module in ("numpy", "array_api_strict", "pandas"):
+        try:
+            host = np.asarray(a.to_numpy() if module == "pandas" else a)
+        except ValueError as error:  # ragged lists
+            raise ValueError(f"{what}: cannot be made one array ({error}); give rows of equal length") from None
+        if host.dtype == object:
+            raise ValueError(f"{what}: holds {type(a).__name__} items of mixed types or lengths, not numbers")
+        return host
     raise TypeError(f"{what}: fit() takes host data (NumPy arrays or lists), got {type(a).__module__}."
                     f"{type(a).__name__}; copy it to NumPy first (e.g. backend.to_numpy(a))")
 

@@ -9,8 +9,9 @@ from .dropout import Dropout
 from .graph import Add, Mul
 from .pooling import AvgPool2d, MaxPool2d
 from .reshape import Flatten
+from .standardize import Standardize
 
 __all__ = [
     "ELU", "Add", "Affine", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Layer",
-    "LeakyReLU", "Linear", "MaxPool2d", "Mul", "ReLU", "Sigmoid", "Tanh",
+    "LeakyReLU", "Linear", "MaxPool2d", "Mul", "ReLU", "Sigmoid", "Standardize", "Tanh",
 ]

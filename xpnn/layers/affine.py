@@ -24,7 +24,7 @@ class Affine(Layer):
         Weight initializer name (see :mod:`xpnn.initializers`): ``"he"``, ``"xavier"``, ``"normal"``,
         ``"uniform"``.
     std : float, optional
-        Standard deviation for ``init="normal"`` (the seeds use 0.01).
+        Standard deviation for ``init="normal"`` (the classic tutorials use 0.01).
     bias : bool
         Whether to learn a bias.
 
@@ -64,24 +64,24 @@ class Affine(Layer):
                 f"{self!r}: expected {W.dtype} input, got {x.dtype}; convert it with backend.asarray(x)"
             )
         self.x = x
-        y = x @ W
+        y = self.backend.matmul(x, W)
         if self.bias:
             y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
         return y
 
     def backward(self, dy: Any) -> Any:
         self.backward_params(dy)
-        return dy @ self.xp.matrix_transpose(self.params["W"])
+        return self.backend.matmul(dy, self.xp.matrix_transpose(self.params["W"]))
 
     def backward_params(self, dy: Any) -> None:
         x, self.x = self.x, None  # release the input: backward runs once per forward
-        self.grads["W"] = self.xp.matrix_transpose(x) @ dy
+        self.grads["W"] = self.backend.matmul(self.xp.matrix_transpose(x), dy)
         if self.bias:
             # Σ over the batch as ones·dy: a matrix-vector product is several times faster than a sum
             # over axis 0 on CuPy (strided reduction) and on torch's CPU, and no slower on NumPy. The ones
             # are made anew each step: a captured CUDA graph would keep reading a cached array after a batch
             # of another size had replaced (and freed) it.
-            self.grads["b"] = self.backend.ones((dy.shape[0],), dtype=dy.dtype) @ dy
+            self.grads["b"] = self.backend.matmul(self.backend.ones((dy.shape[0],), dtype=dy.dtype), dy)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """``(n_out,)`` for samples of shape ``(n_in,)``; any other input shape is refused."""

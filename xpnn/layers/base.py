@@ -28,7 +28,7 @@ class Layer:
     state that is saved but not trained (BatchNorm's running statistics). Optimizers replace entries of
     ``params`` with new arrays rather than writing into them, so immutable array libraries work too.
 
-    Writing a layer (the whole contract; ``docs/custom_layer.md`` has a complete example):
+    Writing a layer (the whole contract; ``docs/user_guide/custom_layers.md`` has a complete example):
 
     - ``__init__`` calls ``super().__init__()`` first, then stores its (checked) arguments. No arrays yet:
       the layer does not know its backend until it is built.
@@ -57,6 +57,8 @@ class Layer:
     """
 
     registry: ClassVar[dict[str, type[Layer]]] = {}
+    #: Keys of ``buffers`` that files saved before the layer had them lack (loading keeps the built values).
+    optional_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,13 +126,24 @@ class Layer:
     def reseed(self, seed: Seed) -> None:
         """Restart this layer's random stream (only layers that draw random numbers have one)."""
 
+    def advance(self) -> None:
+        """Count a training step that skipped this layer's forward (an MPI rank given no samples of a batch);
+        layers that count steps (:class:`~xpnn.layers.Dropout`) do, so that they stay in step with the others."""
+
     def to(self, backend: Any) -> Layer:
-        """Move every array of this layer to ``backend`` (copies; the old arrays are left alone)."""
+        """Move every array of this layer to ``backend`` (copies; the old arrays are left alone).
+
+        Buffers keep their values (Dropout's step count included); a random stream made by ``reseed``
+        (``self.random``) restarts from its seed on the new backend.
+        """
         backend = get_backend(backend)
         for store in (self.params, self.grads, self.buffers):
             for key, value in store.items():
                 store[key] = backend.asarray(value)
         self.backend, self.xp = backend, backend.xp
+        stream = getattr(self, "random", None)
+        if stream is not None and hasattr(stream, "seed"):
+            self.random = backend.random(stream.seed)
         return self
 
     # ------------------------------------------------------------------ computation

@@ -16,7 +16,8 @@ class BatchNorm1d(Layer):
     """Normalize each feature by batch statistics (training) or running statistics (evaluation).
 
     ``y = gamma · (x - mean) / sqrt(var + eps) + beta``. In training the running statistics move by
-    ``momentum`` towards the batch's (the running variance uses the unbiased estimate, as PyTorch does).
+    ``momentum`` towards the batch's (the running variance uses the unbiased estimate, as PyTorch does),
+    in place where the library updates arrays in place (:meth:`xpnn.Backend.assign`).
 
     Parameters
     ----------
@@ -64,9 +65,10 @@ class BatchNorm1d(Layer):
             mean = xp.mean(x, axis=0)
             centered = x - mean
             var = xp.mean(centered * centered, axis=0)
-            m = self.momentum
-            self.buffers["running_mean"] = (1 - m) * self.buffers["running_mean"] + m * mean
-            self.buffers["running_var"] = (1 - m) * self.buffers["running_var"] + m * var * (n / (n - 1))
+            m, be = self.momentum, self.backend
+            # Written into the same arrays where the library allows, so that a replayed CUDA graph updates them.
+            be.assign(self.buffers, "running_mean", (1 - m) * self.buffers["running_mean"] + m * mean)
+            be.assign(self.buffers, "running_var", (1 - m) * self.buffers["running_var"] + m * var * (n / (n - 1)))
         else:
             centered = x - self.buffers["running_mean"]
             var = self.buffers["running_var"]

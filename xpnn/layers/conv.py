@@ -183,9 +183,9 @@ class Conv2d(Layer):
             W_rows = self.W_matrix
             if self.bias:  # the row of ones in cols picks up b
                 W_rows = xp.concat([W_rows, xp.reshape(self.params["b"], (1, self.out_channels))], axis=0)
-            y = xp.matrix_transpose(cols) @ W_rows
+            y = self.backend.matmul(xp.matrix_transpose(cols), W_rows)
         else:
-            y = cols @ self.W_matrix
+            y = self.backend.matmul(cols, self.W_matrix)
             if self.bias:
                 y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
         return xp.permute_dims(xp.reshape(y, (n, oh, ow, self.out_channels)), (0, 3, 1, 2))
@@ -220,7 +220,7 @@ class Conv2d(Layer):
         (h, w), c, (kh, kw) = self.input_size, self.in_channels, self.kernel_size
         # col2im, the adjoint of unfold: the columns of kernel offset (i, j) are the gradient of the
         # (N, oh, ow, C) block that offset read, added back where it was read, straight into the unpadded dx.
-        blocks = xp.reshape(dy_rows @ xp.matrix_transpose(W_matrix), (n, oh, ow, kh * kw, c))
+        blocks = xp.reshape(self.backend.matmul(dy_rows, xp.matrix_transpose(W_matrix)), (n, oh, ow, kh * kw, c))
         pieces = []
         for i in range(kh):
             rows = _reach(i, self.padding[0], self.stride[0], oh, h)
@@ -256,14 +256,16 @@ class Conv2d(Layer):
         self.cols = self.padded = self.W_matrix = None  # backward runs once per forward
         kh, kw = self.kernel_size
         if self._planar:
-            dW = cols @ dy_rows  # (kh·kw [+ 1], out): Σ over rows, the last row (of ones) gives db
+            dW = self.backend.matmul(cols, dy_rows)  # (kh·kw [+ 1], out): Σ over rows, the last row (of ones) gives db
             if self.bias:
                 self.grads["b"] = dW[kh * kw, :]
                 dW = dW[: kh * kw, :]
         else:
-            dW = xp.tensordot(cols, dy_rows, axes=([0], [0]))  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
+            # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
+            dW = self.backend.matmul(xp.matrix_transpose(cols), dy_rows)
             if self.bias:
-                self.grads["b"] = self.backend.ones((dy_rows.shape[0],), dtype=dy_rows.dtype) @ dy_rows  # Σ rows
+                ones = self.backend.ones((dy_rows.shape[0],), dtype=dy_rows.dtype)
+                self.grads["b"] = self.backend.matmul(ones, dy_rows)  # Σ rows
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
                                           (3, 2, 0, 1))
 

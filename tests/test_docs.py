@@ -1,0 +1,146 @@
+"""The documentation pages keep working: their Python runs, their links resolve, the CLI page lists every flag.
+
+Each page's ```python blocks run in order in one namespace, in a temporary folder, as a reader would paste
+them. A block that needs what a test machine lacks (a GPU, mpirun, real data) starts with ``# not run:``
+and the reason; it is still compiled, so it cannot rot into a syntax error.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts)
+NOT_RUN = "# not run:"
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+def test_the_pages_have_code_to_run():
+    assert sum(bool(python_blocks(page)) for page in PAGES) >= 8
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS)))
+def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__docs__"}
+    for block in python_blocks(page):
+        code = compile(block, str(page), "exec")
+        if block.startswith(NOT_RUN):
+            assert len(block.splitlines()[0]) > len(NOT_RUN) + 5, f"{page.name}: say why a block is not run"
+            continue
+        exec(code, namespace)
+    capsys.readouterr()
+
+
+def markdown_links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # code is not links
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+@pytest.mark.parametrize("path", [*PAGES, ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_internal_links_resolve(path):
+    for link in markdown_links(path):
+        if re.match(r"[a-z]+:", link):
+            continue
+        target = link.split("#")[0]
+        if target:
+            assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links to {link}, which does not exist"
+
+
+@pytest.mark.parametrize("path", [*PAGES, ROOT / "README.md", ROOT / "CONTRIBUTING.md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_pages_speak_to_users(path):
+    text = path.read_text()
+    for pattern in (r"\bissue #?\d+", r"\bour (build )?machines?\b", r"\bhonestly\b", r"target [\d.]+x",
+                    r"\(target\b"):
+        assert not re.search(pattern, text, re.I), f"{path.relative_to(ROOT)}: {pattern!r}"
+
+
+def test_the_cli_page_lists_every_flag():
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from xpnn_cli import parser_markdown
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    from xpnn.train import build_parser
+
+    text = "\n".join(parser_markdown(build_parser()))
+    flags = [flag for action in build_parser()._actions for flag in action.option_strings if flag.startswith("--")]
+    assert len(flags) > 20
+    for flag in flags:
+        if flag != "--help":
+            assert f"```{{option}} {flag}" in text, flag
+    assert "(default: 128)" in text
+
+
+def test_the_link_checker_finds_broken_links(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        from check_links import broken_links
+    finally:
+        sys.path.remove(str(DOCS))
+    (tmp_path / "a.html").write_text('<h1 id="top">A</h1><a href="b.html#part">b</a><a href="https://x.org">x</a>'
+                                     '<a href="#top">top</a>')
+    (tmp_path / "b.html").write_text('<h2 id="part">B</h2><a href="c.html">c</a><a href="a.html#nowhere">a</a>'
+                                     '<img src="runs/curve.png">')
+    assert broken_links(tmp_path) == ["b.html: c.html (no such file)", "b.html: a.html#nowhere (no anchor #nowhere)",
+                                      "b.html: runs/curve.png (no such file)"]
+
+
+def test_cross_references_name_documented_objects():
+    """A {class}`...` or {func}`...` on a page must name an object the API reference documents (Sphinx would
+    otherwise render it as plain text, silently)."""
+    import importlib
+
+    api = {line.strip() for line in (DOCS / "api" / "index.md").read_text().splitlines()}
+    for page in PAGES:
+        for role, target in re.findall(r"\{(class|func|meth|mod)\}`~?([\w.]+)`", page.read_text()):
+            parts = target.split(".")
+            assert parts[0] == "xpnn", f"{page.name}: {target}"
+            obj = importlib.import_module("xpnn")
+            for name in parts[1:]:
+                obj = getattr(obj, name) if hasattr(obj, name) else importlib.import_module(f"{obj.__name__}.{name}")
+            if role in ("class", "func"):
+                assert ".".join(parts[1:]) in api, f"{page.name}: {target} is not in the API reference"
+
+
+def test_benchmark_accuracy_table_matches_its_logs():
+    page = DOCS / "benchmarks" / "index.md"
+    rows = [line for line in page.read_text().splitlines() if line.startswith("|") and "[txt](" in line]
+    assert len(rows) == 5
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        log = (page.parent / re.search(r"\[txt\]\(([^)]+)\)", row).group(1)).read_text()
+        epochs, total, accuracy, best, at = re.search(
+            r"done: (\d+) epochs, ([\d.]+) s this run; test accuracy ([\d.]+)% \(best ([\d.]+)% at epoch (\d+)\)",
+            log).groups()
+        assert cells[1:3] == [f"{accuracy} %", f"{best} % ({at})"], row
+        assert float(cells[3]) == pytest.approx(float(total) / int(epochs), abs=0.05), row
+
+
+def test_every_documented_command_line_parses():
+    """Each ``python -m xpnn.train ...`` in a bash block of the pages uses flags the parser accepts."""
+    import shlex
+
+    from xpnn.train import build_parser
+
+    found = 0
+    for page in [*PAGES, ROOT / "CONTRIBUTING.md"]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                if "python -m xpnn.train" not in line:
+                    continue
+                argv = [arg for arg in shlex.split(line.split("python -m xpnn.train", 1)[1], comments=True)
+                        if arg != "..."]
+                build_parser().parse_args(argv)  # exits, failing the test, on an unknown flag or value
+                found += 1
+    assert found >= 15
