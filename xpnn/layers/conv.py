@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_extra as xpx
 import numpy as np
 
 from ..initializers import get_initializer
@@ -168,7 +169,7 @@ class Conv2d(Layer):
         x = xp.permute_dims(x, (0, 2, 3, 1))  # channels-last: each patch row is contiguous runs of C
         if ph or pw:
             padded = self.backend.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
-            padded[:, ph : ph + h, pw : pw + w, :] = x
+            padded = xpx.at(padded)[:, ph : ph + h, pw : pw + w, :].set(x, xp=xp)  # in place where arrays allow
             x = padded
         kh, kw = self.kernel_size
         cols = self._patches(x, (oh, ow))
@@ -238,7 +239,7 @@ class Conv2d(Layer):
         for k, (p0, p1, r0), (q0, q1, s0) in pieces:
             target = (slice(None), window(r0, p1 - p0, self.stride[0]), window(s0, q1 - q0, self.stride[1]),
                       slice(None))
-            dx[target] += blocks[:, p0:p1, q0:q1, k, :]
+            dx = xpx.at(dx, target).add(blocks[:, p0:p1, q0:q1, k, :], xp=xp)
         return xp.permute_dims(dx, (0, 3, 1, 2))
 
     def backward_params(self, dy: Any) -> None:
