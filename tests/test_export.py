@@ -155,6 +155,8 @@ def test_opset_is_current_and_selectable(tmp_path):
     assert_matches(model, path, (4,))
     with pytest.raises(ExportError, match="opset must be an integer >= 13"):
         model.to_onnx(tmp_path / "c.onnx", opset=9)
+    with pytest.raises(ExportError, match="opset 999 is newer than this onnx"):
+        model.to_onnx(tmp_path / "c.onnx", opset=999)
 
 
 def test_float64_model_exports_in_float64_when_asked(tmp_path):
@@ -349,6 +351,10 @@ def test_cli_bad_inputs_are_one_line_errors(saved_cnn, tmp_path, capsys):
     assert code == 2 and "invalid choice" in line
     code, line = cli_error(capsys, path, out, "--opset", "9")
     assert code == 2 and "13 or later" in line
+    code, line = cli_error(capsys, path, out, "--opset", "999")
+    assert code == 2 and "this onnx knows opsets up to" in line
+    code, line = cli_error(capsys, "", out)
+    assert code == 2 and "MODEL: empty path" in line
     code, line = cli_error(capsys, path, out, "--input-shape", "1,x,6")
     assert code == 2 and "positive integers" in line
     code, line = cli_error(capsys, path, out, "--input-shape", "1,9,9")

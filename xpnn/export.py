@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _newest_opset() -> int | None:
+    """The newest opset the installed onnx can write; None without onnx (the export then says how to install it)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return int(onnx.defs.onnx_opset_version())
+
+
 def _shape_argument(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.split(","))
@@ -60,11 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.opset < 13:
         parser.error(f"argument --opset: must be 13 or later, got {args.opset}")
+    newest = _newest_opset()
+    if newest is not None and args.opset > newest:
+        parser.error(f"argument --opset: this onnx knows opsets up to {newest}, got {args.opset}")
 
     def fail(message: str, code: int) -> int:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return code
 
+    if args.model == "":
+        return fail("MODEL: empty path; give a model file (model.save) or a checkpoint (xpnn-train --save)", 2)
     source = Path(args.model)
     if not source.is_file():
         reason = "is a directory" if source.is_dir() else "no such file" if not source.exists() else "not a file"

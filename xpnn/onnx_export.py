@@ -263,6 +263,11 @@ def onnx_bytes(model: Sequential, *, output: str | None = None, opset: int = DEF
     onnx = _import_onnx()
     from onnx import helper, numpy_helper
 
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:  # else onnx's own "Unsupported opset-version." from deep inside
+        raise ExportError(f"export_onnx: opset {opset} is newer than this onnx {onnx.__version__} knows (up to "
+                          f"{newest}); pass an opset from 13 to {newest}")
+
     graph = OnnxGraph(np.dtype(dtype), helper, numpy_helper)
     x = graph._unique("input")
     for index, layer in enumerate(model.layers):
