@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .files import OutputError, check_outputs
 from .model import load
@@ -41,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", type=_shape_argument, default=None, metavar="C,H,W",
                         help="shape of one input sample when the file does not record it, e.g. 1,28,28")
     return parser
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    print(f"python -m xpnn.export: warning: {str(message).replace('export_onnx: ', '', 1)}", file=sys.stderr)
 
 
 def _newest_opset() -> int | None:
@@ -98,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(error).replace("export_onnx: ", "", 1).replace("output=", "--output ")
                     .replace("pass input_shape, e.g. input_shape=(1, 28, 28)", "pass --input-shape, e.g. 1,28,28"), 2)
     try:
-        written = export_onnx(model, args.output_file, output=args.output, opset=args.opset,
-                              input_shape=args.input_shape, dtype=args.dtype)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # export_onnx's warnings as one line, like the errors
+            written = export_onnx(model, args.output_file, output=args.output, opset=args.opset,
+                                  input_shape=args.input_shape, dtype=args.dtype)
     except OutputError as error:
         return fail(str(error), 2)
     except (ExportError, ImportError, OSError) as error:
