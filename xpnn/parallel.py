@@ -35,7 +35,10 @@ from typing import Any
 
 from . import metrics
 
-__all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
+__all__ = ["ThreadWorkers", "auto_workers", "check_workers", "resolve_workers", "shard_bounds"]
+
+#: The ``workers`` setting that picks the number of threads for the machine and backend (:func:`auto_workers`).
+AUTO = "auto"
 
 
 def check_workers(workers: Any, backend: Any, owner: str, option: str | None = None) -> int:
@@ -67,7 +70,7 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
         For workers > 1 without threadpoolctl (``pip install 'xpnn[threads]'``).
     """
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
+        raise ValueError(f"{owner}: workers must be a positive integer or 'auto', got {workers!r}")
     workers = int(workers)
     given = f"{option} {workers}" if option else f"{owner}: workers={workers}"
     fix = f"{option} 1" if option else "workers=1"
@@ -82,6 +85,28 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
         raise ImportError(f"{given} needs threadpoolctl to hold BLAS to one thread per worker: "
                           f"pip install threadpoolctl (or pip install 'xpnn[threads]'), or use {fix}")
     return workers
+
+
+def auto_workers(backend: Any, processes: int = 1) -> int:
+    """The number of workers that ``workers="auto"`` picks: the cores this process may use on NumPy and
+    array-api-strict, 1 elsewhere.
+
+    One thread per usable core (:func:`usable_cores`, the affinity mask) where element-wise operations run on
+    one core (:attr:`xpnn.Backend.single_threaded`) and threadpoolctl is installed; 1 on torch and CuPy (they
+    already use every core or the GPU in each operation), without threadpoolctl, and when ``processes`` > 1
+    (MPI ranks, which already share the machine's cores).
+    """
+    if not backend.single_threaded or processes > 1 or importlib.util.find_spec("threadpoolctl") is None:
+        return 1
+    return usable_cores()
+
+
+def resolve_workers(workers: Any, backend: Any, owner: str, option: str | None = None, processes: int = 1) -> int:
+    """``workers`` as a number of threads: ``"auto"`` through :func:`auto_workers`, a number through
+    :func:`check_workers` (same arguments and errors; ValueError also for a string other than ``"auto"``)."""
+    if isinstance(workers, str) and workers == AUTO:
+        return auto_workers(backend, processes)
+    return check_workers(workers, backend, owner, option)
 
 
 def usable_cores() -> int:

@@ -40,7 +40,7 @@ from .initializers import _BY_NAME as INITIALIZERS
 from .layers.base import LayerTooLargeError
 from .model import ACTIVATIONS, Sequential, mlp
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
-from .parallel import check_workers
+from .parallel import AUTO, resolve_workers
 from .serialization import FormatError, read_npz
 from .trainer import DivergenceError, Trainer
 
@@ -67,6 +67,19 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "a whole number >= 0")
+
+
+def _workers(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    if text == AUTO:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -167,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
-    add("--workers", type=_positive_int, default=1, metavar="N",
-        help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
-             "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
+    add("--workers", type=_workers, default=AUTO, metavar="N",
+        help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core); "
+             "auto: one per core this process may use with --device cpu, 1 with torch, gpu or MPI "
+             "(default: auto)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
         help="capture the training step as a CUDA graph and replay it; auto: with torch:cuda where safe "
              "(no dropout, no batchnorm, one process), eager with a warning if the capture fails "
@@ -213,13 +227,10 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     if args.model == "cnn" and "hidden" in given:
         raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
                          "drop --hidden or use --model mlp")
-    if saved is not None and "workers" in saved:  # like --device, a machine's setting: may change, with a warning
-        if "workers" not in given:
-            args.workers = saved["workers"]
-        elif args.workers != saved["workers"]:
-            warnings.append(f"--workers {args.workers} differs from the checkpoint's {saved['workers']}: from here "
-                            "dropout draws other streams (and BatchNorm other shard statistics), so the resumed run "
-                            "differs from an uninterrupted one")
+    if saved is not None and "workers" not in saved:
+        saved = {**saved, "workers": 1}  # written before --workers existed: one thread trained it
+    if saved is not None and "workers" not in given:  # like --device, a machine's setting: may change (Run warns)
+        args.workers = saved["workers"]
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -316,10 +327,19 @@ class Run:
             self.backend = get_backend(rank_device(args.device, self.comm))
         except ValueError as error:
             raise UsageError(f"--device: {error}") from None
-        try:  # before the data is loaded (or downloaded)
-            check_workers(args.workers, self.backend, PROG, option="--workers")
+        try:  # before the data is loaded (or downloaded); the checkpoint keeps the number, not "auto"
+            args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
+                                           processes=self.comm.size)
         except (ValueError, ImportError) as error:
-            raise UsageError(str(error)) from None
+            message = str(error)
+            if saved is not None and args.workers == saved.get("workers", 1):  # not given: the checkpoint's
+                given = f"--workers {args.workers}"
+                message = message.replace(given, f"{given} (the checkpoint's)", 1)
+            raise UsageError(message) from None
+        if saved is not None and args.workers != saved.get("workers", 1) and self.comm.is_root:
+            print(f"{PROG}: warning: --workers {args.workers} differs from the checkpoint's {saved.get('workers', 1)}: "
+                  "from here dropout draws other streams (and BatchNorm other shard statistics), so the resumed "
+                  "run differs from an uninterrupted one", file=sys.stderr)
         self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
         self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
