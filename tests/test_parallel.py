@@ -560,3 +560,24 @@ def test_cli_checkpoint_trained_with_workers_resumes_on_another_device(tmp_path)
               "--quiet")
     assert plain.returncode == 2 and one_error_line(plain).endswith("use --workers 1")
     assert one.returncode == 0, one.stderr
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_two_equal_shards_combine_to_the_weighted_sum_bit_for_bit(inplace):
+    """(g0 + g1)·½, the fast form for shards of one size, is exactly ½·g0 + ½·g1; unequal shards weigh each."""
+    be = xpnn.get_backend("cpu")
+    model = small_cnn(be)
+    twin, third = replica(model), replica(model)
+    rng = np.random.default_rng(5)
+    for m in (model, twin, third):
+        for layer in m.layers:
+            layer.grads = {k: be.asarray(rng.standard_normal(v.shape)) for k, v in layer.params.items()}
+    expected = {(i, k): 0.5 * model.layers[i].grads[k] + 0.5 * twin.layers[i].grads[k]
+                for i, layer in enumerate(model.layers) for k in layer.params}
+    uneven = {(i, k): 0.25 * twin.layers[i].grads[k] + 0.75 * third.layers[i].grads[k] for i, k in expected}
+    xpnn.parallel.ThreadWorkers._combine([model, twin], [0.5, 0.5], inplace)
+    for (i, k), value in expected.items():
+        np.testing.assert_array_equal(model.layers[i].grads[k], value)
+    xpnn.parallel.ThreadWorkers._combine([twin, third], [0.25, 0.75], inplace)
+    for (i, k), value in uneven.items():
+        np.testing.assert_array_equal(twin.layers[i].grads[k], value)
