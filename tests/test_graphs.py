@@ -181,7 +181,7 @@ def trainer_for(backend, make_optimizer, graph):
     model = xpnn.mlp([6, 16, 8, 3], backend=backend, seed=0)
     optimizer = make_optimizer(model)
     schedule = xpnn.optim.get_schedule("step", 3, step_size=1, gamma=0.5)
-    trainer = Trainer(model, optimizer, batch_size=BATCH, schedule=schedule, seed=0, cuda_graphs="off")
+    trainer = Trainer(model, optimizer, batch_size=BATCH, schedule=schedule, seed=0, cuda_graphs="off", workers=1)
     if graph == "fake":
         trainer.graph = StepGraph(model, optimizer, FakeCapture(check=backend.name.startswith("torch")))
     elif graph == "real":
@@ -260,7 +260,7 @@ def test_every_layer_and_loss_runs_under_the_capture_rules(kind):
     for graph in (False, True):
         model, x, y = _capturable_models(backend)[kind]
         optimizer = Adam(model, lr=0.01)
-        trainer = Trainer(model, optimizer, batch_size=8, seed=0, cuda_graphs="off")
+        trainer = Trainer(model, optimizer, batch_size=8, seed=0, cuda_graphs="off", workers=1)
         if graph:
             trainer.graph = StepGraph(model, optimizer, FakeCapture(check=True))
         device_data = trainer.device_data(x, y)
@@ -336,7 +336,7 @@ def _scalar_relu_trainer(backend, graph=None):
     model = xpnn.Sequential([xpnn.layers.Affine(6, 8), ScalarReLU(), xpnn.layers.Affine(8, 3)], backend=backend,
                             seed=0)
     optimizer = Adam(model, lr=0.01)
-    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off")
+    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off", workers=1)
     if graph is not None:
         trainer.graph = StepGraph(model, optimizer, RecordingCapture(), fallback=graph == "auto")
     return trainer
