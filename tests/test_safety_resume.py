@@ -262,3 +262,18 @@ def test_a_checkpoint_of_every_cpu_device_resumes(dataset, tmp_path):
                "--save", save).returncode == 0
     result = cli("--data-dir", dataset, *BASE, "--resume", save, "--device", "array_api_strict", "--save", save)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_checkpoint_of_more_workers_than_this_machine_has_resumes_with_its_own(dataset, checkpoint, tmp_path):
+    """--workers is a machine's setting, like --device: not given, it adapts (with one warning); given, it is
+    checked as always."""
+    arrays, header = checkpoint_state(checkpoint)
+    header["settings"]["workers"] = 64
+    crafted = tmp_path / "big-machine.npz"
+    write_npz(crafted, arrays, header)
+    result = cli("--data-dir", dataset, *BASE, "--epochs", "3", "--resume", crafted, "--save", crafted)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "--epochs 3" not in line]
+    assert len(lines) == 1 and "the checkpoint's --workers 64 does not fit here, so this run uses" in lines[0]
+    result = cli("--data-dir", dataset, *BASE, "--epochs", "4", "--resume", crafted, "--workers", "64")
+    assert result.returncode == 2 and "--workers 64" in one_error_line(result)
