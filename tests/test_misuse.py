@@ -514,3 +514,9 @@ def test_save_checkpoint_never_writes_what_load_checkpoint_refuses(tmp_path, epo
     with pytest.raises(error, match=message):
         save_checkpoint(tmp_path / "c.npz", model, Adam(model, lr=0.1), epoch, history, {})
     assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("namespace", ["numpy", math, None])
+def test_from_namespace_of_something_that_is_no_array_library_is_a_type_error(namespace):
+    with pytest.raises(TypeError, match="Backend.from_namespace: expected an array library"):
+        xpnn.Backend.from_namespace(namespace)
