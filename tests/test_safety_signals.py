@@ -138,8 +138,6 @@ def test_torch_cuda_without_cuda_is_one_line_and_exit_2(dataset):
         (["--cuda-graphs", "on"], "cuda"),
         (["--momentum", "0.5"], "--momentum is the coefficient of --optimizer momentum, and adam would ignore it"),
         (["--optimizer", "sgd", "--momentum", "0.5"], "and sgd would ignore it: add --optimizer momentum"),
-        (["--full-batch", "--batch-size", "5"], "--full-batch takes the whole training set in every step, so "
-                                                 "--batch-size 5 would be ignored"),
         (["--resume", ""], "--resume: empty path"),
         (["--data-dir", ""], "--data-dir: empty path"),
         (["--val", "600"], "--val 600: must be between 1 and 599 (the training set has 600 samples)"),
@@ -187,6 +185,14 @@ def test_a_layer_too_large_for_the_machine_is_a_flag_error_naming_it(dataset, hi
     line = one_error_line(result)
     assert f"Affine(n_in=64, n_out={hidden}" in line and "make the layer smaller" in line
     assert "--batch-size" not in line
+
+
+def test_batch_size_with_full_batch_is_one_warning_not_silence(dataset):
+    result = cli("--data-dir", dataset, "--hidden", "16", "--quiet", "--epochs", "1", "--full-batch",
+                 "--batch-size", "5")
+    assert result.returncode == 0
+    assert result.stderr.strip() == ("python -m xpnn.train: warning: --batch-size 5 is ignored: --full-batch takes "
+                                     "the whole training set in every step")
 
 
 def test_momentum_and_full_batch_alone_still_train(dataset):

@@ -281,9 +281,9 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
                else "add --optimizer momentum (SGD with momentum) or drop --momentum")
         raise UsageError(f"--momentum is the coefficient of --optimizer momentum, and {args.optimizer} would ignore "
                          f"it: {fix}")
-    if args.full_batch and "batch_size" in given:
-        raise UsageError(f"--full-batch takes the whole training set in every step, so --batch-size "
-                         f"{args.batch_size} would be ignored: drop one of them")
+    if args.full_batch and "batch_size" in given and saved is None:  # base flags plus --full-batch: common
+        warnings.append(f"--batch-size {args.batch_size} is ignored: --full-batch takes the whole training set in "
+                        "every step")
     if args.model == "cnn" and "hidden" in given:
         raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
                          "drop --hidden or use --model mlp")
