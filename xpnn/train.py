@@ -291,6 +291,7 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
         saved = {**saved, "workers": 1}  # written before --workers existed: one thread trained it
     if saved is not None and "workers" not in given:  # like --device, a machine's setting: may change (Run warns)
         args.workers = saved["workers"]
+        args.workers_from_checkpoint = True
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -419,25 +420,15 @@ class Run:
             self.backend = get_backend(rank_device(args.device, self.comm))
         except ValueError as error:
             raise UsageError(f"--device: {error}") from None
-        adapted = False  # the checkpoint's --workers replaced by this machine's own
         try:  # before the data is loaded (or downloaded); the checkpoint keeps the number, not "auto"
-            try:
-                args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
-                                               processes=self.comm.size)
-            except (ValueError, ImportError):
-                if saved is None or given is None or "workers" in given:
-                    raise
-                # The checkpoint's count does not fit this device or machine (torch, fewer cores): like --device,
-                # a machine's setting, so this run takes its own, and warns below that the counts differ.
-                args.workers = resolve_workers(AUTO, self.backend, PROG, option="--workers",
-                                               processes=self.comm.size)
-                adapted = True
+            args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
+                                           processes=self.comm.size)
         except (ValueError, ImportError) as error:
-            message = str(error)
-            if saved is not None and args.workers == saved.get("workers", 1):  # not given: the checkpoint's
-                given = f"--workers {args.workers}"
-                message = message.replace(given, f"{given} (the checkpoint's)", 1)
-            raise UsageError(message) from None
+            if not getattr(args, "workers_from_checkpoint", False):
+                raise UsageError(str(error)) from None
+            # The checkpoint's number does not fit this device or machine (a NumPy run resumed on torch, say):
+            # like every machine setting, it gives way to what this one does best, with the warning below.
+            args.workers = resolve_workers(AUTO, self.backend, PROG, option="--workers", processes=self.comm.size)
         try:
             if args.data_file is not None:
                 try:
@@ -482,17 +473,6 @@ class Run:
                                    comm=self.comm, cuda_graphs=args.cuda_graphs, workers=args.workers)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        same_device = saved is None or saved.get("device", device_kind(self.backend)) == device_kind(self.backend)
-        if adapted and same_device and self.comm.is_root:  # another device says "rounding" once, for both
-            print(f"{PROG}: warning: the checkpoint's --workers {saved.get('workers', 1)} does not fit here, so this "
-                  f"run uses {args.workers}: from here the run agrees with an uninterrupted one only to rounding",
-                  file=sys.stderr)
-        elif not adapted and saved is not None and args.workers != saved.get("workers", 1) and self.comm.is_root:
-            # once the data and model are accepted: a refused run says only why
-            print(f"{PROG}: warning: --workers {args.workers} differs from the checkpoint's {saved.get('workers', 1)}: "
-                  "from here gradients are summed over other shards (and BatchNorm normalizes by other shard "
-                  "statistics), so the run agrees with an uninterrupted one only to rounding; dropout's masks stay "
-                  "the same", file=sys.stderr)
         self.start_epoch = 0
         self.resumed_rows = 0
         self.saved_epoch: int | None = None
@@ -543,10 +523,16 @@ class Run:
         if isinstance(processes, int) and processes != self.comm.size:
             changes.append(f"with {_count(self.comm.size, 'process')} (the checkpoint was trained with "
                            f"{_count(processes, 'process')})")
+        workers = saved.get("workers", 1)
+        if isinstance(workers, int) and workers != self.args.workers:
+            changes.append(f"with {_count(self.args.workers, 'worker')} (the checkpoint was trained with "
+                           f"{_count(workers, 'worker')})")
         if not changes:
             return None
+        batchnorm = workers != self.args.workers and any("BatchNorm" in type(layer).__name__ for layer in self.model)
         return (f"resuming {' and '.join(changes)}: from here the numbers agree with an uninterrupted run only to "
-                "float rounding")
+                "float rounding" + (", and BatchNorm normalizes each worker's shard by its own statistics"
+                                    if batchnorm else ""))
 
     def resume(self, path: str) -> None:
         header = load_checkpoint(path, self.model, self.optimizer)
