@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_blocks import RUN_MARK, commands, run_page
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts)
-NOT_RUN = "# not run:"
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -30,14 +31,20 @@ def test_the_pages_have_code_to_run():
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__docs__"}
-    for block in python_blocks(page):
-        code = compile(block, str(page), "exec")
-        if block.startswith(NOT_RUN):
-            assert len(block.splitlines()[0]) > len(NOT_RUN) + 5, f"{page.name}: say why a block is not run"
-            continue
-        exec(code, namespace)
+    run_page(page.read_text(), str(page), {"__name__": "__docs__"})
     capsys.readouterr()
+
+
+def test_marked_commands_run_and_fail_loudly(tmp_path, monkeypatch):
+    """The page runner runs a marked bash block (and only a marked one), and a failing command fails it."""
+    monkeypatch.chdir(tmp_path)
+    script = "```python\n# make.py: writes a file\nfrom pathlib import Path\nPath('a.txt').write_text('1')\n```\n"
+    failing = "```bash\npython -c \"raise SystemExit(3)\"\n```\n"
+    marked = f"{RUN_MARK} -->\n```bash\npython make.py \\\n  --ignored\n```\n"
+    assert run_page(script + failing + marked, "page.md", {}) == 2
+    assert (tmp_path / "make.py").read_text().startswith("# make.py")
+    with pytest.raises(AssertionError, match="exited with 3"):
+        run_page(script + f"{RUN_MARK} -->\n" + failing, "page.md", {})
 
 
 def markdown_links(path: Path) -> list[str]:
@@ -136,7 +143,7 @@ def test_every_documented_command_line_parses():
     found = 0
     for page in [*PAGES, ROOT / "CONTRIBUTING.md"]:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            for line in commands(block):
                 if "python -m xpnn.train" not in line:
                     continue
                 argv = [arg for arg in shlex.split(line.split("python -m xpnn.train", 1)[1], comments=True)
