@@ -1,12 +1,17 @@
-"""An epoch with its test evaluation through the CLI, against the same in PyTorch, interleaved.
+"""An epoch with its test evaluation through the CLI, against the same network in PyTorch, interleaved.
 
-    python bench/cli_epoch.py --device cpu --torch-device cpu --rounds 5 --epochs 3
+    python bench/cli_epoch.py --model mlp --rounds 5 --epochs 3
+    python bench/cli_epoch.py --model cnn --rounds 3 --epochs 2
+    python bench/cli_epoch.py --model mlp --full-batch --rounds 5 --epochs 3
     python bench/cli_epoch.py --device torch:cuda --torch-device cuda --rounds 5 --epochs 3
 
-Each round runs ``python -m xpnn.train`` (SGD, lr 0.01, no dropout, constant schedule, batch 128, 784-256-128-10
-on Fashion-MNIST) and then the PyTorch loop in a fresh process; the seconds per epoch are those each one reports
-for its epoch with the test evaluation (xpnn's ``seconds`` in --metrics), and the table gives the minimum over
-all epochs after the first of all rounds, and the ratio xpnn / PyTorch. ``--json PATH`` keeps every number.
+Each round runs ``python -m xpnn.train`` with its default ``--workers`` (auto; ``--workers N`` passes a number)
+and then the PyTorch loop in a fresh process, both on Fashion-MNIST with SGD (lr 0.01), no dropout, a constant
+schedule and batch 128 (or ``--full-batch``): the MLP 784-256-128-10, or the CNN of ``--model cnn`` (conv 32 and
+64, dense 128) against the same layers in torch.nn. PyTorch runs with its default threads (one per core). The
+seconds per epoch are those each one reports for its epoch with the test evaluation (xpnn's ``seconds`` in
+--metrics). The table gives, over all epochs after the first of every round, the median and the minimum, the
+ratio xpnn / PyTorch of each, and each process's peak resident memory. ``--json PATH`` keeps every number.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,23 +30,39 @@ from pathlib import Path
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
-def xpnn_epochs(device: str, epochs: int, batch: int) -> list[float]:
+def run_child(command: list[str]) -> tuple[str, float]:
+    """Run ``command`` to the end; its stdout and its peak resident set size in MB (from wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{err.read().decode()}")
+        return out.read().decode(), usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def xpnn_epochs(args: argparse.Namespace) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as folder:
         metrics = Path(folder) / "m.jsonl"
-        subprocess.run([sys.executable, "-m", "xpnn.train", "--dataset", "fashion-mnist", "--data-dir", FASHION,
-                        "--device", device, "--epochs", str(epochs), "--optimizer", "sgd", "--lr", "0.01",
-                        "--dropout", "0", "--schedule", "constant", "--batch-size", str(batch), "--quiet",
-                        "--metrics", str(metrics)], check=True, capture_output=True, text=True)
-        return [json.loads(line)["seconds"] for line in metrics.read_text().splitlines() if line.strip()]
+        command = [sys.executable, "-m", "xpnn.train", "--model", args.model, "--dataset", "fashion-mnist",
+                   "--data-dir", FASHION, "--device", args.device, "--epochs", str(args.epochs), "--optimizer", "sgd",
+                   "--lr", "0.01", "--dropout", "0", "--schedule", "constant", "--quiet", "--metrics", str(metrics)]
+        command += ["--full-batch"] if args.full_batch else ["--batch-size", str(args.batch)]
+        if args.workers is not None:
+            command += ["--workers", args.workers]
+        _, peak = run_child(command)
+        return [json.loads(line)["seconds"] for line in metrics.read_text().splitlines() if line.strip()], peak
 
 
-def pytorch_epochs(device: str, epochs: int, batch: int) -> list[float]:
-    out = subprocess.run([sys.executable, __file__, "--pytorch-child", "--torch-device", device, "--epochs",
-                          str(epochs), "--batch", str(batch)], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def pytorch_epochs(args: argparse.Namespace) -> tuple[list[float], float]:
+    out, peak = run_child([sys.executable, __file__, "--pytorch-child", "--model", args.model, "--torch-device",
+                           args.torch_device, "--epochs", str(args.epochs), "--batch", str(args.batch)]
+                          + (["--full-batch"] if args.full_batch else []))
+    return json.loads(out.strip().splitlines()[-1]), peak
 
 
-def pytorch_child(device_name: str, epochs: int, batch: int) -> list[float]:
+def pytorch_child(model_name: str, device_name: str, epochs: int, batch: int | None) -> list[float]:
     """What a PyTorch user writes: nn.Sequential, SGD, preloaded tensors, an evaluation pass after each epoch."""
     import torch
 
@@ -49,12 +72,24 @@ def pytorch_child(device_name: str, epochs: int, batch: int) -> list[float]:
     ds = xpnn.data.load_dataset("fashion-mnist", FASHION)
     device = torch.device(device_name)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(device)
+    nn = torch.nn
+    if model_name == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # as bench/implementations.py writes it
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
+        shape = (-1, 1, 28, 28)
+    else:
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                              nn.Linear(128, 10)).to(device)
+        shape = (-1, 784)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x, y = torch.from_numpy(ds.x_train).to(device), torch.from_numpy(ds.y_train).to(device)
-    x_test, y_test = torch.from_numpy(ds.x_test).to(device), torch.from_numpy(ds.y_test).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.from_numpy(ds.x_train).reshape(shape).to(device), torch.from_numpy(ds.y_train).to(device)
+    x_test = torch.from_numpy(ds.x_test).reshape(shape).to(device)
+    y_test = torch.from_numpy(ds.y_test).to(device)
+    batch = batch or x.shape[0]
+    eval_batch = 128 if model_name == "cnn" else 1000  # xpnn's default evaluation batches for these models
     seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
@@ -71,10 +106,10 @@ def pytorch_child(device_name: str, epochs: int, batch: int) -> list[float]:
             correct += (logits.argmax(1) == y[index]).sum()
         with torch.no_grad():
             test_loss, test_correct = torch.zeros((), device=device), torch.zeros((), device=device)
-            for lo in range(0, x_test.shape[0], 1000):
-                logits = model(x_test[lo:lo + 1000])
-                test_loss += loss_fn(logits, y_test[lo:lo + 1000]) * logits.shape[0]
-                test_correct += (logits.argmax(1) == y_test[lo:lo + 1000]).sum()
+            for lo in range(0, x_test.shape[0], eval_batch):
+                logits = model(x_test[lo:lo + eval_batch])
+                test_loss += loss_fn(logits, y_test[lo:lo + eval_batch]) * logits.shape[0]
+                test_correct += (logits.argmax(1) == y_test[lo:lo + eval_batch]).sum()
         float(total), float(test_loss)  # read back, as the CLI does, before the clock stops
         seconds.append(time.perf_counter() - start)
     return seconds
@@ -82,27 +117,55 @@ def pytorch_child(device_name: str, epochs: int, batch: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="network (default: mlp)")
     parser.add_argument("--device", default="cpu", help="xpnn --device (default: cpu)")
+    parser.add_argument("--workers", default=None, help="xpnn --workers (default: the CLI's own, auto)")
     parser.add_argument("--torch-device", default="cpu", help="PyTorch device (default: cpu)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per process (default: 3)")
     parser.add_argument("--batch", type=int, default=128, help="batch size (default: 128)")
+    parser.add_argument("--full-batch", action="store_true", help="one step per epoch (default: off)")
     parser.add_argument("--json", default=None, help="write every epoch's seconds here (default: none)")
     parser.add_argument("--pytorch-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pytorch_child:
-        print(json.dumps(pytorch_child(args.torch_device, args.epochs, args.batch)))
+        batch = None if args.full_batch else args.batch
+        print(json.dumps(pytorch_child(args.model, args.torch_device, args.epochs, batch)))
         return
     runs: dict[str, list[list[float]]] = {"xpnn": [], "pytorch": []}
+    peaks: dict[str, list[float]] = {"xpnn": [], "pytorch": []}
     for _ in range(args.rounds):
-        runs["xpnn"].append(xpnn_epochs(args.device, args.epochs, args.batch))
-        runs["pytorch"].append(pytorch_epochs(args.torch_device, args.epochs, args.batch))
-    best = {name: min(s for epochs in rounds for s in epochs[1:] or epochs) for name, rounds in runs.items()}
-    print(f"cores {os.cpu_count()}, xpnn --device {args.device}, PyTorch on {args.torch_device}, batch {args.batch}")
-    print(f"xpnn {best['xpnn']:.3f} s, PyTorch {best['pytorch']:.3f} s per epoch with its test evaluation "
-          f"(minimum); ratio {best['xpnn'] / best['pytorch']:.2f}")
+        for name, run in (("xpnn", xpnn_epochs), ("pytorch", pytorch_epochs)):
+            seconds, peak = run(args)
+            runs[name].append(seconds)
+            peaks[name].append(peak)
+    kept = {name: [s for epochs in rounds for s in epochs[1:] or epochs] for name, rounds in runs.items()}
+    best = {name: min(values) for name, values in kept.items()}
+    median = {name: statistics.median(values) for name, values in kept.items()}
+    peak = {name: max(values) for name, values in peaks.items()}
+    batch = "full batch" if args.full_batch else f"batch {args.batch}"
+    print(f"{args.model}, cores {len(os.sched_getaffinity(0))}, xpnn --device {args.device} --workers "
+          f"{args.workers or 'auto (default)'}, PyTorch on {args.torch_device} with {_torch_threads()} threads, "
+          f"{batch}, {args.rounds} rounds x {args.epochs} epochs")
+    print("seconds per epoch with its test evaluation, epochs after each process's first:")
+    print(f"  median: xpnn {median['xpnn']:.3f} s, PyTorch {median['pytorch']:.3f} s, "
+          f"ratio {median['xpnn'] / median['pytorch']:.2f}")
+    print(f"  minimum: xpnn {best['xpnn']:.3f} s, PyTorch {best['pytorch']:.3f} s, "
+          f"ratio {best['xpnn'] / best['pytorch']:.2f}")
+    print(f"peak resident memory of the whole process: xpnn {peak['xpnn']:.0f} MB, PyTorch {peak['pytorch']:.0f} MB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": runs, "best": best}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": runs, "best": best, "median": median,
+                                               "peak_rss_mb": peaks, "self_maxrss_mb":
+                                               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, indent=1))
+
+
+def _torch_threads() -> str:
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout
+        return out.strip()
+    except (subprocess.CalledProcessError, OSError):
+        return "?"
 
 
 if __name__ == "__main__":

@@ -102,12 +102,14 @@ def xpnn_backend(name: str) -> xpnn.Backend:
     raise ValueError(name)
 
 
-def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, cuda_graphs: str = "auto") -> Epoch:
+def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, cuda_graphs: str = "auto",
+               workers: int | str = "auto") -> Epoch:
+    """xpnn's Trainer with its defaults (``workers="auto"``: one thread per core on NumPy, 1 elsewhere)."""
     backend = xpnn_backend(backend_name)
     model = xpnn.mlp(list(SIZES), backend=backend, seed=0)
     model.check_values = False
     trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=LR), batch_size=batch, seed=0,
-                                   cuda_graphs=cuda_graphs)
+                                   cuda_graphs=cuda_graphs, workers=workers)
     data = trainer.device_data(x, y)
     counter = iter(range(10**9))
 
@@ -116,7 +118,14 @@ def xpnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, cuda
         backend.sync()
         del loss
 
-    return Epoch("xpnn" if cuda_graphs == "auto" else "xpnn-eager", backend_name, batch, x.shape[0], run)
+    name = "xpnn" if cuda_graphs == "auto" else "xpnn-eager"
+    return Epoch(name if workers == "auto" else f"{name}-{workers}worker", backend_name, batch, x.shape[0], run)
+
+
+def xpnn_1worker_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """xpnn with ``workers=1`` on NumPy, where the default takes one thread per core: what auto gains."""
+    workers_available(backend_name)
+    return xpnn_epoch(backend_name, x, y, batch, workers=1)
 
 
 def xpnn_eager_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
@@ -272,7 +281,8 @@ def matmul_bound(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) ->
     return Epoch("matmul-bound", backend_name, batch, n, run)
 
 
-IMPLEMENTATIONS = {"xpnn": xpnn_epoch, "xpnn-eager": xpnn_eager_epoch, "pytorch": pytorch_epoch,
+IMPLEMENTATIONS = {"xpnn": xpnn_epoch, "xpnn-1worker": xpnn_1worker_epoch, "xpnn-eager": xpnn_eager_epoch,
+                   "pytorch": pytorch_epoch,
                    "pytorch-compiled": pytorch_compiled_epoch, "numpy-by-hand": numpy_epoch,
                    "matmul-bound": matmul_bound}
 
@@ -318,8 +328,9 @@ def cnn_epoch_flops(n: int, batch: int) -> int:
     return total
 
 
-def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, workers: int = 1) -> Epoch:
-    """xpnn.cnn() without dropout, SGD, the trainer's epoch (shuffled, batches cut on the device)."""
+def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, workers: int | str = "auto") -> Epoch:
+    """xpnn.cnn() without dropout, SGD, the trainer's epoch (shuffled, batches cut on the device), its default
+    workers (one thread per core on NumPy)."""
     backend = xpnn_backend(backend_name)
     model = xpnn.cnn(dropout=0.0, backend=backend, seed=0)
     model.check_values = False
@@ -333,23 +344,24 @@ def xpnn_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int, 
         backend.sync()
         del loss
 
-    return Epoch("xpnn" if workers == 1 else f"xpnn-{workers}workers", backend_name, batch, x.shape[0], run)
+    return Epoch("xpnn" if workers == "auto" else f"xpnn-{workers}worker", backend_name, batch, x.shape[0], run)
 
 
-def xpnn_cnn_2workers_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
-    """xpnn with ``workers=2``: two threads share each batch (NumPy only; xpnn.parallel)."""
+def xpnn_cnn_1worker_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
+    """xpnn with ``workers=1`` on NumPy, where the default takes one thread per core: what auto gains."""
     workers_available(backend_name)
-    return xpnn_cnn_epoch(backend_name, x, y, batch, workers=2)
+    return xpnn_cnn_epoch(backend_name, x, y, batch, workers=1)
 
 
 def workers_available(backend_name: str) -> None:
-    """LookupError (a skip) where workers > 1 cannot run: another library, or no threadpoolctl."""
+    """LookupError (a skip) where the default already trains on one worker: another library, no threadpoolctl,
+    or one core."""
     if backend_name != "numpy":
-        raise LookupError("workers > 1 pays only on NumPy")
+        raise LookupError("workers > 1 pays only on NumPy; the default is 1 worker here")
     if importlib.util.find_spec("threadpoolctl") is None:
-        raise LookupError("threadpoolctl is not installed (pip install '.[threads]')")
+        raise LookupError("threadpoolctl is not installed (pip install '.[threads]'): the default is 1 worker")
     if xpnn.parallel.usable_cores() < 2:
-        raise LookupError("two workers need two cores")
+        raise LookupError("one core: the default is 1 worker")
 
 
 def pytorch_cnn_epoch(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int) -> Epoch:
@@ -428,7 +440,7 @@ def cnn_matmul_bound(backend_name: str, x: np.ndarray, y: np.ndarray, batch: int
     return Epoch("matmul-bound", backend_name, batch, n, run)
 
 
-CNN_IMPLEMENTATIONS = {"xpnn": xpnn_cnn_epoch, "xpnn-2workers": xpnn_cnn_2workers_epoch, "pytorch": pytorch_cnn_epoch,
+CNN_IMPLEMENTATIONS = {"xpnn": xpnn_cnn_epoch, "xpnn-1worker": xpnn_cnn_1worker_epoch, "pytorch": pytorch_cnn_epoch,
                        "matmul-bound": cnn_matmul_bound}
 
 

@@ -24,7 +24,7 @@ BATCH = 128
 SUBSET = 40 * BATCH
 FULL = 60_000
 GROUPS = [
-    [("xpnn", "numpy"), ("xpnn-2workers", "numpy"), ("matmul-bound", "numpy"), ("xpnn", "torch-cpu"),
+    [("xpnn", "numpy"), ("xpnn-1worker", "numpy"), ("matmul-bound", "numpy"), ("xpnn", "torch-cpu"),
      ("pytorch", "torch-cpu"), ("matmul-bound", "torch-cpu")],
     [("xpnn", "cupy"), ("matmul-bound", "cupy"), ("xpnn", "torch-cuda"), ("pytorch", "torch-cuda"),
      ("matmul-bound", "torch-cuda")],
@@ -111,7 +111,7 @@ def table(report: dict) -> str:
              f"s/60k scales the minimum to the full 60,000-image epoch.", "",
              "| implementation | backend | s min | median | s/60k | GFLOP/s | vs PyTorch | vs bound | peak memory |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {"xpnn": 0, "xpnn-2workers": 1, "pytorch": 2, "matmul-bound": 3}
+    order = {"xpnn": 0, "xpnn-1worker": 1, "pytorch": 2, "matmul-bound": 3}
     for r in sorted(rows, key=lambda r: (r["device"], order[r["implementation"]], r["backend"])):
         memory = r.get("peak_mb")
         lines.append(

@@ -21,7 +21,7 @@ from implementations import epoch_flops, interleaved, make_epoch, rounds
 FULL = 60_000
 # Implementations compared with each other run interleaved (see neighbours()): one group per device.
 GROUPS = [
-    [("xpnn", "numpy"), ("numpy-by-hand", "numpy"), ("matmul-bound", "numpy"),
+    [("xpnn", "numpy"), ("xpnn-1worker", "numpy"), ("numpy-by-hand", "numpy"), ("matmul-bound", "numpy"),
      ("xpnn", "torch-cpu"), ("pytorch", "torch-cpu"), ("matmul-bound", "torch-cpu")],
     [("xpnn", "cupy"), ("matmul-bound", "cupy"),
      ("xpnn", "torch-cuda"), ("xpnn-eager", "torch-cuda"), ("pytorch", "torch-cuda"),

@@ -44,7 +44,8 @@ def table(rows: list[dict]) -> str:
         "| implementation | backend | batch | s/epoch min | median | samples/s | vs PyTorch | vs bound | peak memory |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = {"xpnn": 0, "xpnn-eager": 1, "pytorch": 2, "pytorch-compiled": 3, "numpy-by-hand": 4, "matmul-bound": 5}
+    order = {"xpnn": 0, "xpnn-1worker": 1, "xpnn-eager": 2, "pytorch": 3, "pytorch-compiled": 4, "numpy-by-hand": 5,
+             "matmul-bound": 6}
     epoch_rows = [r for r in rows if r["implementation"] in order]
     epoch_rows.sort(key=lambda r: (r["samples"] != 60_000, r["device"], r["batch"], order[r["implementation"]],
                                    r["backend"]))

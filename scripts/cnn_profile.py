@@ -1,6 +1,6 @@
 """Where a CNN training step spends its time: milliseconds per step for each layer's forward and backward.
 
-    python scripts/cnn_profile.py [--workers N] [--batches 40]
+    python scripts/cnn_profile.py [--workers N|auto] [--batches 40]
 
 Trains xpnn.cnn() (no dropout, SGD, batch 128) on the first batches of Fashion-MNIST (random data of the
 same shape where it is not installed) for one untimed and one timed epoch, wrapping every layer's forward
@@ -30,7 +30,8 @@ import xpnn
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=lambda text: text if text == "auto" else int(text), default="auto",
+                        help="threads per batch, as fit's workers (default: auto)")
     parser.add_argument("--batches", type=int, default=40)
     args = parser.parse_args()
     batch = 128
@@ -69,7 +70,7 @@ def main() -> None:
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     steps = -(-x.shape[0] // batch)
     columns = sorted(set(threads.values()), key=lambda c: (c != "main", c))
-    print(f"{source}, {steps} batches of {batch}, workers={args.workers}: {seconds:.3f} s wall, "
+    print(f"{source}, {steps} batches of {batch}, workers={trainer.workers}: {seconds:.3f} s wall, "
           f"{after.ru_utime - before.ru_utime:.2f} s user, {after.ru_stime - before.ru_stime:.2f} s system, "
           f"{after.ru_minflt - before.ru_minflt:,} minor page faults")
     print(f"{'layer':<16} {'pass':<16}" + "".join(f"{c:>12}" for c in columns) + "   (ms per step)")

@@ -16,6 +16,9 @@ import xpnn
 from xpnn.backend import Backend, BackendError
 
 BACKENDS = ["numpy", "strict", "strict-device1", "torch", "cupy", "torch-cuda"]
+# Further conforming libraries, tested by tests/test_array_libraries.py (a train step and float64 gradient
+# checks of whole models) rather than by every test; the backends extra of pyproject.toml brings them.
+MORE_BACKENDS = ["jax", "dask", "ndonnx", "marray"]
 
 
 def make_backend(name: str, dtype: str = "float32") -> Backend:
@@ -46,6 +49,19 @@ def make_backend(name: str, dtype: str = "float32") -> Backend:
             return xpnn.get_backend("gpu", dtype)
         except BackendError as error:
             pytest.skip(str(error))
+    if name in MORE_BACKENDS:
+        module = {"jax": "jax.numpy", "dask": "dask.array"}.get(name, name)
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not installed (pip install {name})")
+        namespace = importlib.import_module(module)
+        if name == "marray":
+            namespace = namespace.masked_namespace(np)  # masked arrays over NumPy
+        if name == "jax" and dtype == "float64":
+            import jax
+
+            if not jax.config.jax_enable_x64:
+                pytest.skip("JAX computes in float32 unless jax_enable_x64 is set (the test must enable it)")
+        return Backend.from_namespace(namespace, dtype=dtype)
     raise ValueError(name)
 
 

@@ -73,6 +73,37 @@ def test_conv2d_backward_after_an_evaluation_forward(backend64, rng, name):
     assert max(errors.values()) < TOLERANCE, errors
 
 
+@pytest.mark.parametrize("name", ["3x3-s1-p1", "2x2-s3-p1", "5x5-s1-p2"])
+def test_conv2d_over_images_a_few_at_a_time_equals_all_at_once(backend64, rng, name, monkeypatch):
+    """On the CPU the patches are unfolded a few images at a time (conv.CHUNK_BYTES): the output and all
+    gradients equal one pass over the batch up to rounding (BLAS may round a product of other shape, and dW
+    sums the chunks in another order), and the gradients still pass the numerical check."""
+    c_in, c_out, kernel, stride, padding, h, w = CONVS[name]
+    x = backend64.asarray(rng.standard_normal((5, c_in, h, w)))
+    dy_shape = None
+    results = {}
+    for chunk_bytes in (1 << 30, 1):  # one chunk; one image per chunk
+        monkeypatch.setattr(xpnn.layers.conv, "CHUNK_BYTES", chunk_bytes)
+        conv = Conv2d(c_in, c_out, kernel, stride=stride, padding=padding)
+        conv.build(backend64, rng=3)
+        y = conv.forward(x, train=True)
+        chunks = len(conv._chunks(5))
+        dy_shape = dy_shape or tuple(y.shape)
+        dy = backend64.asarray(np.random.default_rng(1).standard_normal(dy_shape))
+        dx = conv.backward(dy)
+        results[chunk_bytes] = [backend64.to_numpy(a) for a in (y, dx, conv.grads["W"], conv.grads["b"])]
+        if chunk_bytes == 1:
+            launch_bound = backend64.launch_bound
+            assert chunks == (1 if launch_bound else 5)
+            errors = gradcheck(conv, backend64.asarray(rng.standard_normal((3, c_in, h, w))))
+            assert max(errors.values()) < TOLERANCE, errors
+    whole, parts = results[1 << 30], results[1]
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(parts[1], whole[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(parts[2], whole[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(parts[3], whole[3], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["3x2-s2-p0", "1ch-3x3-s2-p1"])
 def test_conv2d_without_bias_backward_matches_numerical(backend64, rng, name):
     conv, shape = make_conv(name, bias=False)

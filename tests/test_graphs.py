@@ -181,7 +181,7 @@ def trainer_for(backend, make_optimizer, graph):
     model = xpnn.mlp([6, 16, 8, 3], backend=backend, seed=0)
     optimizer = make_optimizer(model)
     schedule = xpnn.optim.get_schedule("step", 3, step_size=1, gamma=0.5)
-    trainer = Trainer(model, optimizer, batch_size=BATCH, schedule=schedule, seed=0, cuda_graphs="off")
+    trainer = Trainer(model, optimizer, batch_size=BATCH, schedule=schedule, seed=0, cuda_graphs="off", workers=1)
     if graph == "fake":
         trainer.graph = StepGraph(model, optimizer, FakeCapture(check=backend.name.startswith("torch")))
     elif graph == "real":
@@ -260,7 +260,7 @@ def test_every_layer_and_loss_runs_under_the_capture_rules(kind):
     for graph in (False, True):
         model, x, y = _capturable_models(backend)[kind]
         optimizer = Adam(model, lr=0.01)
-        trainer = Trainer(model, optimizer, batch_size=8, seed=0, cuda_graphs="off")
+        trainer = Trainer(model, optimizer, batch_size=8, seed=0, cuda_graphs="off", workers=1)
         if graph:
             trainer.graph = StepGraph(model, optimizer, FakeCapture(check=True))
         device_data = trainer.device_data(x, y)
@@ -336,7 +336,7 @@ def _scalar_relu_trainer(backend, graph=None):
     model = xpnn.Sequential([xpnn.layers.Affine(6, 8), ScalarReLU(), xpnn.layers.Affine(8, 3)], backend=backend,
                             seed=0)
     optimizer = Adam(model, lr=0.01)
-    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off")
+    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off", workers=1)
     if graph is not None:
         trainer.graph = StepGraph(model, optimizer, RecordingCapture(), fallback=graph == "auto")
     return trainer
@@ -425,7 +425,7 @@ class RebindingCounter(xpnn.layers.Layer):
 def _rebinding_trainer(graph):
     model = xpnn.Sequential([xpnn.layers.Affine(6, 8), RebindingCounter(), xpnn.layers.Affine(8, 3)], seed=0)
     optimizer = Adam(model, lr=0.01)
-    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off")
+    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off", workers=1)
     if graph is not None:
         trainer.graph = StepGraph(model, optimizer, FakeCapture(), fallback=graph == "auto")
     return trainer
@@ -445,7 +445,7 @@ def test_a_layer_that_rebinds_its_buffers_is_found_in_the_warm_up():
 def _dropout_batchnorm_trainer(backend, graph):
     model = xpnn.mlp([6, 16, 8, 3], dropout=0.3, batchnorm=True, backend=backend, seed=0)
     optimizer = Adam(model, lr=0.01)
-    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off")
+    trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off", workers=1)
     if graph:
         trainer.graph = StepGraph(model, optimizer, FakeCapture(check=backend.name.startswith("torch")))
     return trainer
@@ -803,7 +803,7 @@ def test_captured_and_eager_steps_agree_on_cupy(name):
     for graph in (None, "real"):
         model = xpnn.mlp([6, 16, 8, 3], dropout=0.3, batchnorm=True, backend=backend, seed=0)
         optimizer = OPTIMIZERS[name](model)
-        trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off")
+        trainer = Trainer(model, optimizer, batch_size=BATCH, seed=0, cuda_graphs="off", workers=1)
         if graph:
             trainer.graph = make_step_graph("on", model, optimizer)
         results.append((run(trainer), parameters(trainer), trainer))

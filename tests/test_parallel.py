@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 import threading
 import time
 
@@ -271,9 +273,57 @@ def test_cli_workers(tmp_path, tiny_idx):
     assert resumed.returncode == 0, resumed.stderr
 
 
+@needs_two_cores
+def test_cli_workers_default_to_the_usable_cores(tmp_path, tiny_idx):
+    """No --workers: one per core on NumPy, and the checkpoint keeps that number (not "auto"), so a resume on
+    a machine with other cores draws the same dropout streams or says why not."""
+    checkpoint = tmp_path / "auto.npz"
+    result = cli("--data-dir", tiny_idx, "--model", "cnn", "--epochs", "1", "--batch-size", "32", "--save", checkpoint)
+    assert result.returncode == 0, result.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert f"x {cores} workers" in result.stdout
+    _, header = xpnn.serialization.read_npz(checkpoint, "checkpoint")
+    assert header["settings"]["workers"] == cores
+    same = cli("--data-dir", tiny_idx, "--resume", checkpoint, "--epochs", "2", "--workers", "auto")
+    assert same.returncode == 0 and "--workers" not in same.stderr, same.stderr
+    torch_run = cli("--data-dir", tiny_idx, "--epochs", "1", "--batch-size", "32", "--device", "torch")
+    if "not installed" not in torch_run.stderr:
+        assert torch_run.returncode == 0 and "workers" not in torch_run.stdout, torch_run.stderr
+
+
+def test_auto_workers_follow_backend_cores_and_processes(monkeypatch):
+    numpy_model = small_cnn(xpnn.get_backend("cpu"))
+    assert Trainer(numpy_model, xpnn.optim.SGD(numpy_model, lr=0.1)).workers == 4  # four_cores: the default
+    assert xpnn.fit.__kwdefaults__["workers"] == "auto"
+    assert xpnn.parallel.auto_workers(numpy_model.backend, processes=2) == 1  # MPI ranks share the cores
+    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 1)
+    assert Trainer(numpy_model, xpnn.optim.SGD(numpy_model, lr=0.1), workers="auto").parallel is None
+    if importlib.util.find_spec("torch") is not None:
+        monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 4)
+        torch_model = small_cnn(xpnn.get_backend("torch"))
+        assert Trainer(torch_model, xpnn.optim.SGD(torch_model, lr=0.1)).workers == 1
+
+
+def test_auto_workers_without_threadpoolctl_train_on_one(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "threadpoolctl" else real(name, *a))
+    model = small_cnn(xpnn.get_backend("cpu"))
+    assert Trainer(model, xpnn.optim.SGD(model, lr=0.1)).workers == 1  # no error: auto falls back
+
+
+@pytest.mark.parametrize("workers", ["AUTO", "auto ", "", "2"])
+def test_strings_other_than_auto_are_refused(workers):
+    model = small_cnn(xpnn.get_backend("cpu"))
+    with pytest.raises(ValueError, match="workers must be a positive integer or 'auto', got"):
+        Trainer(model, xpnn.optim.SGD(model, lr=0.1), workers=workers)
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["--workers", "0"], "argument --workers: must be a positive integer, got 0"),
-    (["--workers", "two"], "argument --workers: expected a positive integer, got 'two'"),
+    (["--workers", "0"], "argument --workers: must be a positive integer or 'auto', got 0"),
+    (["--workers", "two"], "argument --workers: expected a positive integer or 'auto', got 'two'"),
+    (["--workers", "abc"], "argument --workers: expected a positive integer or 'auto', got 'abc'"),
+    (["--workers", "-1"], "argument --workers: must be a positive integer or 'auto', got -1"),
 ])
 def test_cli_bad_workers(tiny_idx, args, message):
     result = cli("--data-dir", tiny_idx, "--epochs", "1", "--batch-size", "32", *args)
@@ -510,3 +560,24 @@ def test_cli_checkpoint_trained_with_workers_resumes_on_another_device(tmp_path)
               "--quiet")
     assert plain.returncode == 2 and one_error_line(plain).endswith("use --workers 1")
     assert one.returncode == 0, one.stderr
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_two_equal_shards_combine_to_the_weighted_sum_bit_for_bit(inplace):
+    """(g0 + g1)·½, the fast form for shards of one size, is exactly ½·g0 + ½·g1; unequal shards weigh each."""
+    be = xpnn.get_backend("cpu")
+    model = small_cnn(be)
+    twin, third = replica(model), replica(model)
+    rng = np.random.default_rng(5)
+    for m in (model, twin, third):
+        for layer in m.layers:
+            layer.grads = {k: be.asarray(rng.standard_normal(v.shape)) for k, v in layer.params.items()}
+    expected = {(i, k): 0.5 * model.layers[i].grads[k] + 0.5 * twin.layers[i].grads[k]
+                for i, layer in enumerate(model.layers) for k in layer.params}
+    uneven = {(i, k): 0.25 * twin.layers[i].grads[k] + 0.75 * third.layers[i].grads[k] for i, k in expected}
+    xpnn.parallel.ThreadWorkers._combine([model, twin], [0.5, 0.5], inplace)
+    for (i, k), value in expected.items():
+        np.testing.assert_array_equal(model.layers[i].grads[k], value)
+    xpnn.parallel.ThreadWorkers._combine([twin, third], [0.25, 0.75], inplace)
+    for (i, k), value in uneven.items():
+        np.testing.assert_array_equal(twin.layers[i].grads[k], value)

@@ -104,7 +104,7 @@ def test_a_layer_that_cannot_say_its_shape_leaves_evaluation_batches_at_1000():
 
 def test_evaluation_runs_in_batches_of_eval_batch_size():
     model = xpnn.mlp([4, 3], seed=0)
-    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=32, eval_batch_size=7)
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=32, eval_batch_size=7, workers=1)
     seen = []
     model.layers[0].forward = lambda x, train=False, inner=model.layers[0].forward: (seen.append(x.shape[0]),
                                                                                     inner(x, train=train))[1]

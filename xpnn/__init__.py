@@ -42,6 +42,7 @@ from .layers import (
 )
 from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 from .model import IncompatibleKeys, Sequential, cnn, load, mlp
+from .onnx_export import export_onnx, register_onnx_rule
 from .serialization import FormatError
 from .trainer import DivergenceError, Trainer, fit
 
@@ -51,7 +52,7 @@ __all__ = [
     "AvgPool2d", "BatchNorm2d", "Conv2d", "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError",
     "BatchNorm1d", "Callback", "DivergenceError", "Dropout", "EarlyStopping", "Flatten", "FormatError", "History",
     "IncompatibleKeys", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "MeanSquaredError", "Mul", "ReLU", "Sequential",
-    "Sigmoid", "SoftmaxCrossEntropy", "Standardize", "Tanh", "Trainer", "callbacks", "cnn", "data", "fit",
-    "get_backend", "gradcheck",
-    "initializers", "layers", "load", "losses", "metrics", "mlp", "optim", "trainer",
+    "Sigmoid", "SoftmaxCrossEntropy", "Standardize", "Tanh", "Trainer", "callbacks", "cnn", "data", "export_onnx",
+    "fit", "get_backend", "gradcheck", "initializers", "layers", "load", "losses", "metrics", "mlp", "optim",
+    "register_onnx_rule", "trainer",
 ]

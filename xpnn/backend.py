@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,8 +74,16 @@ class Backend:
         if library == "torch" and isinstance(device, str):
             device = namespace.device(device)
         # Canonical form, as arrays report it (torch's "cuda" becomes "cuda:0"), so comparisons hold.
-        device = array_api_compat.device(probe if device is None else xp.zeros(1, device=device))
-        name = library if str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
+        default = array_api_compat.device(probe)
+        device = default if device is None else array_api_compat.device(xp.zeros(1, device=device))
+        name = library if device == default or str(device) in ("cpu", "CPU_DEVICE") else f"{library}:{device}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JAX warns as well; the error below says more
+            made = xp.zeros(1, dtype=getattr(xp, dtype), device=device).dtype
+        if made != getattr(xp, dtype):  # JAX makes float32 arrays when asked for float64, unless told otherwise
+            hint = ('; enable it with jax.config.update("jax_enable_x64", True) before creating arrays'
+                    if library == "jax" else "")
+            raise BackendError(f"{name} made {made} arrays when asked for {dtype}{hint}")
         return cls(xp=xp, device=device, dtype_name=dtype, name=name, _library=library)
 
     # ------------------------------------------------------------------ dtypes
@@ -533,12 +542,25 @@ def to_numpy(a: Any) -> np.ndarray:
     if lib == "torch":
         a = a.detach()
         return a.numpy().copy() if a.device.type == "cpu" else a.cpu().numpy()  # numpy() alone shares memory
-    return np.from_dlpack(a)
+    try:
+        # A copy: a DLPack view shares the library's memory (array-api-strict, marray, JAX), and NumPy
+        # refuses to export a read-only view again (marray wrapping such a view could not be read back).
+        return np.array(np.from_dlpack(a))
+    except (BufferError, TypeError, AttributeError, RuntimeError, ValueError):
+        pass  # a library without DLPack export (ndonnx, dask.array): ask it for NumPy data another way
+    if hasattr(a, "__array__"):
+        return np.array(a)
+    unwrap = getattr(a, "unwrap_numpy", None) or getattr(a, "to_numpy", None)
+    host = unwrap() if unwrap is not None else None
+    if not isinstance(host, np.ndarray | np.generic):
+        raise TypeError(f"cannot copy a {type(a).__module__}.{type(a).__name__} to NumPy: it exports neither "
+                        "DLPack nor __array__; convert it to a NumPy array yourself")
+    return np.array(host)
 
 
 def _library_name(a: Any) -> str:
     module = type(a).__module__.split(".")[0]
-    return {"array_api_strict": "array_api_strict"}.get(module, module)
+    return {"jaxlib": "jax"}.get(module, module)  # JAX's arrays are defined in jaxlib
 
 
 def _probe_array(namespace: Any) -> Any:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import array_api_compat
+
 from .backend import is_floating, namespace_of, zero_like
 from .layers.activations import sigmoid
 
@@ -73,7 +75,7 @@ def softmax(xp: Any, y: Any) -> Any:
 
 def one_hot(xp: Any, labels: Any, n_classes: int, dtype: Any) -> Any:
     """Integer labels (N,) -> one-hot rows (N, n_classes) of ``dtype``, on the labels' device."""
-    classes = xp.arange(n_classes, dtype=labels.dtype, device=labels.device)
+    classes = xp.arange(n_classes, dtype=labels.dtype, device=array_api_compat.device(labels))
     return xp.astype(labels[:, None] == classes, dtype)
 
 

@@ -625,6 +625,35 @@ class Sequential:
         arrays = {name: self.backend.to_numpy(value) for name, value in self.state_dict().items()}
         return write_npz(path, arrays, {"kind": "model", "config": self.config(), "seed": self.seed})
 
+    def to_onnx(self, path: str | os.PathLike, *, output: str | None = None, opset: int | None = None,
+                input_shape: Sequence[int] | None = None, dtype: str = "float32") -> Path:
+        """Write this model (evaluation mode) as an ONNX file with a dynamic batch axis, atomically.
+
+        Parameters
+        ----------
+        path : path-like
+            The ``.onnx`` file to write.
+        output : {"probabilities", "logits"}, optional
+            Default: ``"probabilities"`` for a classifier (what :meth:`predict_proba` gives) and the raw
+            outputs for a regression (what :meth:`predict` gives); ``"logits"`` always gives the raw outputs.
+        opset : int, optional
+            ONNX opset, 13 or later (default 17).
+        input_shape : tuple of int, optional
+            Shape of one sample, e.g. ``(1, 28, 28)``; defaults to the model's own.
+        dtype : {"float32", "float64"}
+            Floating type of the input, weights and output.
+
+        Returns
+        -------
+        Path
+            The file written: input ``"input"`` (N, *input_shape), output ``"probabilities"`` or
+            ``"logits"`` (N, n_out). See :func:`xpnn.export_onnx`; needs ``pip install onnx onnxruntime``.
+        """
+        from .onnx_export import DEFAULT_OPSET, export_onnx
+
+        return export_onnx(self, path, output=output, opset=DEFAULT_OPSET if opset is None else opset,
+                           input_shape=input_shape, dtype=dtype)
+
     def _check_input(self, x: Any) -> None:
         self.backend.check_array(x, "Sequential input")
         if self.check_values and bool(self.backend.xp.any(self.backend.xp.isnan(x))):

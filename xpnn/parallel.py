@@ -36,7 +36,10 @@ from typing import Any
 from . import metrics
 from .layers.dropout import global_rows
 
-__all__ = ["ThreadWorkers", "check_workers", "shard_bounds"]
+__all__ = ["ThreadWorkers", "auto_workers", "check_workers", "resolve_workers", "shard_bounds"]
+
+#: The ``workers`` setting that picks the number of threads for the machine and backend (:func:`auto_workers`).
+AUTO = "auto"
 
 
 def check_workers(workers: Any, backend: Any, owner: str, option: str | None = None) -> int:
@@ -68,7 +71,7 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
         For workers > 1 without threadpoolctl (``pip install threadpoolctl``).
     """
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"{owner}: workers must be a positive integer, got {workers!r}")
+        raise ValueError(f"{owner}: workers must be a positive integer or 'auto', got {workers!r}")
     workers = int(workers)
     given = f"{option} {workers}" if option else f"{owner}: workers={workers}"
     fix = f"{option} 1" if option else "workers=1"
@@ -83,6 +86,28 @@ def check_workers(workers: Any, backend: Any, owner: str, option: str | None = N
         raise ImportError(f"{given} needs threadpoolctl to hold BLAS to one thread per worker: "
                           f"pip install threadpoolctl, or use {fix}")
     return workers
+
+
+def auto_workers(backend: Any, processes: int = 1) -> int:
+    """The number of workers that ``workers="auto"`` picks: the cores this process may use on NumPy and
+    array-api-strict, 1 elsewhere.
+
+    One thread per usable core (:func:`usable_cores`, the affinity mask) where element-wise operations run on
+    one core (:attr:`xpnn.Backend.single_threaded`) and threadpoolctl is installed; 1 on torch and CuPy (they
+    already use every core or the GPU in each operation), without threadpoolctl, and when ``processes`` > 1
+    (MPI ranks, which already share the machine's cores).
+    """
+    if not backend.single_threaded or processes > 1 or importlib.util.find_spec("threadpoolctl") is None:
+        return 1
+    return usable_cores()
+
+
+def resolve_workers(workers: Any, backend: Any, owner: str, option: str | None = None, processes: int = 1) -> int:
+    """``workers`` as a number of threads: ``"auto"`` through :func:`auto_workers`, a number through
+    :func:`check_workers` (same arguments and errors; ValueError also for a string other than ``"auto"``)."""
+    if isinstance(workers, str) and workers == AUTO:
+        return auto_workers(backend, processes)
+    return check_workers(workers, backend, owner, option)
 
 
 def usable_cores() -> int:
@@ -172,7 +197,7 @@ class ThreadWorkers:
             lambda model, lo, hi: train_step(model, x[lo:hi, ...], targets[lo:hi, ...], truth[lo:hi, ...], first + lo),
             n)
         weights = [(hi - lo) / n for lo, hi in bounds]
-        self._combine(models, weights)
+        self._combine(models, weights, self.model.backend.inplace)
         return sum(w * loss for w, (loss, _) in zip(weights, results, strict=True)), _total_hits(results)
 
     def evaluate(self, x: Any, targets: Any, truth: Any) -> tuple[Any, Any]:
@@ -197,18 +222,32 @@ class ThreadWorkers:
         return bounds, models, results + [future.result() for future in futures]
 
     @staticmethod
-    def _combine(models: list[Any], weights: list[float]) -> None:
-        """The model's gradient := Σ weight × each worker's mean gradient (the mean over the whole batch)."""
+    def _combine(models: list[Any], weights: list[float], inplace: bool = False) -> None:
+        """The model's gradient := Σ weight × each worker's mean gradient (the mean over the whole batch).
+
+        Shards of one size (an even batch over two workers) are added first and scaled once, into the new sum
+        where the backend writes in place: two passes instead of three, and for two workers the same bits
+        (scaling by 1/2 is exact)."""
         if len(models) == 1:
             return
+        equal = len(set(weights)) == 1
         for layers in zip(*(model.layers for model in models), strict=True):
             first = layers[0]
             if not (first.trainable and first.params):
                 continue
             for key in first.params:
-                total = weights[0] * first.grads[key]
-                for weight, layer in zip(weights[1:], layers[1:], strict=True):
-                    total = total + weight * layer.grads[key]
+                if equal:
+                    total = first.grads[key] + layers[1].grads[key]
+                    for layer in layers[2:]:
+                        total = total + layer.grads[key]
+                    if inplace:
+                        total *= weights[0]  # total is a new array, ours alone
+                    else:
+                        total = weights[0] * total
+                else:
+                    total = weights[0] * first.grads[key]
+                    for weight, layer in zip(weights[1:], layers[1:], strict=True):
+                        total = total + weight * layer.grads[key]
                 first.grads[key] = total
 
 def train_step(model: Any, x: Any, targets: Any, truth: Any, first: int = 0) -> tuple[Any, Any]:

@@ -45,7 +45,7 @@ from .layers.base import LayerTooLargeError
 from .lock import OutputLock
 from .model import ACTIVATIONS, Sequential, mlp, standardized
 from .optim import OPTIMIZERS, get_optimizer, get_schedule
-from .parallel import check_workers
+from .parallel import AUTO, resolve_workers
 from .serialization import FormatError, open_npz, read_npz
 from .trainer import DivergenceError, Trainer
 
@@ -72,6 +72,19 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "a whole number >= 0")
+
+
+def _workers(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    if text == AUTO:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -212,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics", default=None, metavar="PATH", help="write one JSON object per epoch per line (default: none)")
     add("--plot", default=None, metavar="PATH", help="save loss and accuracy curves as a PNG (default: none)")
     add("--quiet", action="store_true", help="print only the final summary (default: off)")
-    add("--workers", type=_positive_int, default=1, metavar="N",
-        help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core): "
-             "2 on a two-core machine trains the CNN about 1.6x faster (default: 1)")
+    add("--workers", type=_workers, default=AUTO, metavar="N",
+        help="threads that share each batch on --device cpu (NumPy runs element-wise work on one core); "
+             "auto: one per core this process may use with --device cpu, 1 with torch, gpu or MPI "
+             "(default: auto)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
         help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python, "
              "which the gpu extra installs); auto: on gpu and torch:cuda wherever it can, eager with one "
@@ -263,14 +277,10 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
     if args.model == "cnn" and "hidden" in given:
         raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
                          "drop --hidden or use --model mlp")
-    if saved is not None and "workers" in saved:  # like --device, a machine's setting: may change, with a warning
-        if "workers" not in given:
-            args.workers = saved["workers"]
-        elif args.workers != saved["workers"]:
-            warnings.append(f"--workers {args.workers} differs from the checkpoint's {saved['workers']}: from here "
-                            "gradients are summed over other shards (and BatchNorm normalizes by other shard "
-                            "statistics), so the resumed run is not bit-identical to an uninterrupted one; dropout's "
-                            "masks stay the same")
+    if saved is not None and "workers" not in saved:
+        saved = {**saved, "workers": 1}  # written before --workers existed: one thread trained it
+    if saved is not None and "workers" not in given:  # like --device, a machine's setting: may change (Run warns)
+        args.workers = saved["workers"]
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -391,10 +401,20 @@ class Run:
             self.backend = get_backend(rank_device(args.device, self.comm))
         except ValueError as error:
             raise UsageError(f"--device: {error}") from None
-        try:  # before the data is loaded (or downloaded)
-            check_workers(args.workers, self.backend, PROG, option="--workers")
+        try:  # before the data is loaded (or downloaded); the checkpoint keeps the number, not "auto"
+            args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
+                                           processes=self.comm.size)
         except (ValueError, ImportError) as error:
-            raise UsageError(str(error)) from None
+            message = str(error)
+            if saved is not None and args.workers == saved.get("workers", 1):  # not given: the checkpoint's
+                given = f"--workers {args.workers}"
+                message = message.replace(given, f"{given} (the checkpoint's)", 1)
+            raise UsageError(message) from None
+        if saved is not None and args.workers != saved.get("workers", 1) and self.comm.is_root:
+            print(f"{PROG}: warning: --workers {args.workers} differs from the checkpoint's {saved.get('workers', 1)}: "
+                  "from here gradients are summed over other shards (and BatchNorm normalizes by other shard "
+                  "statistics), so the run agrees with an uninterrupted one only to rounding; dropout's masks stay "
+                  "the same", file=sys.stderr)
         if args.data_file is not None:
             try:
                 self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,

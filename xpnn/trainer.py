@@ -27,7 +27,7 @@ from .graphs import make_step_graph
 from .losses import one_hot
 from .model import SHUFFLE_STREAM, Sequential
 from .optim import Optimizer, get_schedule
-from .parallel import ThreadWorkers, check_workers, eval_step, train_step
+from .parallel import ThreadWorkers, eval_step, resolve_workers, train_step
 from .progress import ProgressBar
 from .validation import check_positive_int
 
@@ -108,13 +108,15 @@ class Trainer:
         (torch on CUDA, or CuPy with nvmath-python; one process; dropout and BatchNorm included), with one
         warning where a GPU step stays eager and after one warning if recording fails; ``on`` raises where it
         cannot. Same results as eager steps (matrix products may round differently on CuPy).
-    workers : int, default 1
-        Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`): 2 on a two-core
-        machine trains a CNN about 1.6x faster. The gradient is the same up to rounding and dropout's masks are
-        the same; BatchNorm's per-shard statistics depend on it, so a run is reproducible for a given value. More than
-        1 raises ValueError on torch and CuPy (they use every core already) and ImportError without
-        threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy may also want
-        :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
+    workers : int or "auto", default "auto"
+        Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`). ``"auto"`` takes
+        one per core this process may use there (when threadpoolctl is installed) and 1 on torch, CuPy and
+        under MPI (:func:`xpnn.parallel.auto_workers`); the chosen number is :attr:`workers`. On a two-core
+        machine 2 trains a CNN about 1.6x faster than 1. The gradient is the same up to rounding and dropout's
+        masks are the same; BatchNorm's per-shard statistics depend on the number, so a run is reproducible for
+        a given number. A number more than 1 raises ValueError on torch and CuPy (they use every core already)
+        and ImportError without threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy
+        may also want :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
 
     Attributes
     ----------
@@ -127,7 +129,7 @@ class Trainer:
     def __init__(self, model: Sequential, optimizer: Optimizer, *, batch_size: int | None = 128,
                  schedule: Callable[[int], float] | None = None, seed: int = 0, comm: Any = None,
                  divergence_factor: float | None = 100.0, eval_batch_size: int | None = None, cuda_graphs: str = "auto",
-                 workers: int = 1):
+                 workers: int | str = "auto"):
         _check_pair(model, optimizer)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
                                        or batch_size < 1):
@@ -150,8 +152,8 @@ class Trainer:
         self.full_batch_of: int | None = None
         #: The captured step (:class:`xpnn.graphs.StepGraph`) that full batches replay, or None (eager steps).
         self.graph = make_step_graph(cuda_graphs, model, optimizer, self.comm)
-        #: Threads that share each batch (:mod:`xpnn.parallel`).
-        self.workers = check_workers(workers, model.backend, "Trainer")
+        #: Threads that share each batch (:mod:`xpnn.parallel`), ``"auto"`` resolved.
+        self.workers = resolve_workers(workers, model.backend, "Trainer", processes=self.comm.size)
         #: The :class:`xpnn.parallel.ThreadWorkers` that run them, or None with one worker.
         self.parallel = ThreadWorkers(model, self.workers) if self.workers > 1 else None
 
@@ -483,7 +485,7 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
         validation_data: tuple[Any, Any] | None = None, validation_split: float = 0.0,
         eval_sets: dict[str, tuple[Any, Any]] | None = None, schedule: str | Callable[[int], float] | None = None,
         callbacks: Sequence[Callback] = (), seed: int = 0, verbose: bool = True, progress: bool = True,
-        comm: Any = None, workers: int = 1) -> History:
+        comm: Any = None, workers: int | str = "auto") -> History:
     """Train ``model`` on host data, as Keras' ``model.fit`` does, and return its history.
 
     Parameters
@@ -520,8 +522,9 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
         Show a progress bar within each epoch (only on a terminal).
     comm : communicator, optional
         For data-parallel training over MPI (see :mod:`xpnn.distributed`).
-    workers : int, default 1
-        Threads that share each batch on NumPy (see :class:`Trainer` and :mod:`xpnn.parallel`).
+    workers : int or "auto", default "auto"
+        Threads that share each batch: ``"auto"`` takes one per usable core on NumPy, 1 on torch and CuPy
+        (see :class:`Trainer` and :mod:`xpnn.parallel`).
 
     Returns
     -------

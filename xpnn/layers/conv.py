@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_extra as xpx
 import numpy as np
 
 from ..initializers import get_initializer
 from .base import Layer
 
 __all__ = ["Conv2d", "output_size", "pair", "unfold"]
+
+#: Bytes of patches unfolded at a time on the CPU (:meth:`Conv2d._chunks`): a few images, so that each block of
+#: patches is multiplied while it is still in the cache.
+CHUNK_BYTES = 4 << 20
 
 
 def pair(value: Any, name: str, owner: str, minimum: int = 1) -> tuple[int, int]:
@@ -168,26 +173,42 @@ class Conv2d(Layer):
         x = xp.permute_dims(x, (0, 2, 3, 1))  # channels-last: each patch row is contiguous runs of C
         if ph or pw:
             padded = self.backend.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
-            padded[:, ph : ph + h, pw : pw + w, :] = x
+            padded = xpx.at(padded)[:, ph : ph + h, pw : pw + w, :].set(x, xp=xp)  # in place where arrays allow
             x = padded
         kh, kw = self.kernel_size
-        cols = self._patches(x, (oh, ow))
-        # Training keeps the patches for backward; evaluation keeps only the (padded) input, from which a
-        # backward after it (a gradient check in evaluation mode) unfolds them again, so that evaluating
-        # large batches does not leave the largest array of the network behind.
-        self.cols, self.padded = (cols, None) if train else (None, x)
         self.W_matrix = xp.reshape(xp.permute_dims(W, (2, 3, 1, 0)), (kh * kw * c, self.out_channels))
         self.input_size, self.out_size = (h, w), (oh, ow)
         if self._planar:
+            cols = self._patches(x, (oh, ow))
+            # Training keeps the patches for backward; evaluation keeps only the (padded) input, from which a
+            # backward after it (a gradient check in evaluation mode) unfolds them again, so that evaluating
+            # large batches does not leave the largest array of the network behind.
+            self.cols, self.padded = (cols, None) if train else (None, x)
             W_rows = self.W_matrix
             if self.bias:  # the row of ones in cols picks up b
                 W_rows = xp.concat([W_rows, xp.reshape(self.params["b"], (1, self.out_channels))], axis=0)
             y = self.backend.matmul(xp.matrix_transpose(cols), W_rows)
         else:
-            y = self.backend.matmul(cols, self.W_matrix)
+            # The patches of a few images at a time, each block used while it is still in the cache, and never
+            # kept: backward unfolds them again from the padded input, which costs less than reading them
+            # back from memory and leaves the largest array of the network unmade.
+            self.padded = x
+            parts = [self.backend.matmul(self._patches(x[lo:hi, ...], (oh, ow)), self.W_matrix)
+                     for lo, hi in self._chunks(n)]
+            y = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
             if self.bias:
                 y += self.params["b"]  # y is ours alone, so adding in place saves a temporary
         return xp.permute_dims(xp.reshape(y, (n, oh, ow, self.out_channels)), (0, 3, 1, 2))
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        """Ranges of images whose patches fill about :data:`CHUNK_BYTES` (one range where every operation is a
+        kernel launch, :attr:`xpnn.Backend.launch_bound`: there few large products win)."""
+        if self.backend.launch_bound:
+            return [(0, n)]
+        oh, ow = self.out_size
+        row_bytes = oh * ow * self.kernel_size[0] * self.kernel_size[1] * self.in_channels * 4
+        step = max(1, CHUNK_BYTES // row_bytes)
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
     @property
     def _planar(self) -> bool:
@@ -214,11 +235,21 @@ class Conv2d(Layer):
     def backward(self, dy: Any) -> Any:
         xp = self.xp
         dy_rows, W_matrix = self._dy_rows(dy), self.W_matrix
-        self._grads(dy_rows)
         n, _, oh, ow = dy.shape
+        chunks = [(0, n)] if self._planar else self._chunks(n)
+        self._grads(dy_rows)
+        parts = [self._input_gradient(dy_rows[lo * oh * ow : hi * oh * ow, ...], W_matrix, hi - lo)
+                 for lo, hi in chunks]
+        dx = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+        return xp.permute_dims(dx, (0, 3, 1, 2))
+
+    def _input_gradient(self, dy_rows: Any, W_matrix: Any, n: int) -> Any:
+        """dx (n, H, W, C), channels-last, of ``n`` images from their rows of dy (n·oh·ow, out)."""
+        xp = self.xp
+        oh, ow = self.out_size
         (h, w), c, (kh, kw) = self.input_size, self.in_channels, self.kernel_size
         # col2im, the adjoint of unfold: the columns of kernel offset (i, j) are the gradient of the
-        # (N, oh, ow, C) block that offset read, added back where it was read, straight into the unpadded dx.
+        # (n, oh, ow, C) block that offset read, added back where it was read, straight into the unpadded dx.
         blocks = xp.reshape(self.backend.matmul(dy_rows, xp.matrix_transpose(W_matrix)), (n, oh, ow, kh * kw, c))
         pieces = []
         for i in range(kh):
@@ -234,12 +265,12 @@ class Conv2d(Layer):
             pieces.remove(whole[0])
             dx = xp.asarray(blocks[:, :, :, whole[0][0], :], copy=True)
         else:
-            dx = self.backend.zeros((n, h, w, c), dtype=dy.dtype)
+            dx = self.backend.zeros((n, h, w, c), dtype=dy_rows.dtype)
         for k, (p0, p1, r0), (q0, q1, s0) in pieces:
             target = (slice(None), window(r0, p1 - p0, self.stride[0]), window(s0, q1 - q0, self.stride[1]),
                       slice(None))
-            dx[target] += blocks[:, p0:p1, q0:q1, k, :]
-        return xp.permute_dims(dx, (0, 3, 1, 2))
+            dx = xpx.at(dx, target).add(blocks[:, p0:p1, q0:q1, k, :], xp=xp)
+        return dx
 
     def backward_params(self, dy: Any) -> None:
         self._grads(self._dy_rows(dy))
@@ -251,20 +282,24 @@ class Conv2d(Layer):
 
     def _grads(self, dy_rows: Any) -> None:
         xp = self.xp
-        cols = self.cols if self.cols is not None else self._patches(self.padded, self.out_size)
-        self.cols = self.padded = self.W_matrix = None  # backward runs once per forward
         kh, kw = self.kernel_size
         if self._planar:
+            cols = self.cols if self.cols is not None else self._patches(self.padded, self.out_size)
             dW = self.backend.matmul(cols, dy_rows)  # (kh·kw [+ 1], out): Σ over rows, the last row (of ones) gives db
             if self.bias:
                 self.grads["b"] = dW[kh * kw, :]
                 dW = dW[: kh * kw, :]
         else:
-            # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
-            dW = self.backend.matmul(xp.matrix_transpose(cols), dy_rows)
+            oh, ow = self.out_size
+            dW = None
+            for lo, hi in self._chunks(self.padded.shape[0]):  # Σ over rows: (kh·kw·C, out), rows ordered (i, j, c)
+                part = self.backend.matmul(xp.matrix_transpose(self._patches(self.padded[lo:hi, ...], self.out_size)),
+                                           dy_rows[lo * oh * ow : hi * oh * ow, ...])
+                dW = part if dW is None else dW + part
             if self.bias:
                 ones = self.backend.ones((dy_rows.shape[0],), dtype=dy_rows.dtype)
                 self.grads["b"] = self.backend.matmul(ones, dy_rows)  # Σ rows
+        self.cols = self.padded = self.W_matrix = None  # backward runs once per forward
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
                                           (3, 2, 0, 1))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_extra as xpx
+
 from .base import Layer
 from .conv import output_size, pair, window
 
@@ -78,12 +80,12 @@ class _Pool2d(Layer):
             return self.backend.zeros(shape, dtype=dtype)
         return self.xp.empty(shape, dtype=dtype, device=self.backend.device)
 
-    def _put(self, dx: Any, index: tuple[slice, ...], share: Any) -> None:
-        """One kernel offset's share of dx: added where windows overlap, else written (each entry once)."""
+    def _put(self, dx: Any, index: tuple[slice, ...], share: Any) -> Any:
+        """dx with one kernel offset's share: added where windows overlap, else written (each entry once).
+        In place where the library allows it (NumPy, CuPy, torch), a new array otherwise (JAX)."""
         if self._overlapping:
-            dx[index] += share
-        else:
-            dx[index] = share
+            return xpx.at(dx, index).add(share, xp=self.xp)
+        return xpx.at(dx, index).set(share, xp=self.xp)
 
     def _channels_first(self, a: Any) -> Any:
         return self.xp.permute_dims(a, (0, 3, 1, 2))
@@ -142,7 +144,7 @@ class MaxPool2d(_Pool2d):
                 share = xp.astype(block == y, dy.dtype)
                 share *= remaining
                 remaining = remaining - share
-            self._put(dx, index, share)
+            dx = self._put(dx, index, share)
         return self._channels_first(dx)
 
 
@@ -176,5 +178,5 @@ class AvgPool2d(_Pool2d):
             for j in range(self.kernel_size[1]):
                 index = (slice(None), window(i, self.out[0], self.stride[0]), window(j, self.out[1], self.stride[1]),
                          slice(None))
-                self._put(dx, index, share)
+                dx = self._put(dx, index, share)
         return self._channels_first(dx)
