@@ -30,7 +30,7 @@ def write_example_csv(path: Path) -> None:
     names = np.array(["low", "middle", "high"])[kind]
     with open(path, "w") as file:
         file.write("f1,f2,f3,f4,kind\n")
-        for row, name in zip(x, names):
+        for row, name in zip(x, names, strict=True):
             file.write(",".join(f"{v:.5g}" for v in row) + f",{name}\n")
 
 

@@ -1,20 +1,25 @@
 """Running the code of a Markdown page as a reader would: its blocks in order, in the current folder.
 
 Every ```python block runs in one namespace, unless its first line is ``# not run: <reason>`` (it is then
-only compiled). A block whose first line names a script (``# make_data.py: ...``) is also written to that
-file, so that a later command can run it. A ```bash block runs only when the line before it is
+only compiled). A block that starts with ``# needs: onnx, onnxruntime (pip install ...)`` ends the page's
+run there, as a skip naming what is missing, where one of those modules cannot be imported (an extra).
+A block whose first line names a script (``# make_data.py: ...``) is also written to that file, so that a
+later command can run it. A ```bash block runs only when the line before it is
 ``<!-- the tests run this block's commands ... -->``: each command (``\\`` continues a line) runs in a
 fresh interpreter, ``python`` being this one, and must exit with status 0.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_RUN = "# not run:"
@@ -38,6 +43,11 @@ def run_page(text: str, source: str, namespace: dict) -> int:
     ran = 0
     for match in BLOCK.finditer(text):
         code = match["code"]
+        needs = re.match(r"# needs: ([\w, ]+)(.*)", code)
+        if match["language"] == "python" and needs:
+            missing = [name.strip() for name in needs[1].split(",") if importlib.util.find_spec(name.strip()) is None]
+            if missing:
+                pytest.skip(f"{source}: the rest of the page needs {', '.join(missing)}{needs[2]}")
         if match["language"] == "python":
             compiled = compile(code, source, "exec")
             if code.startswith(NOT_RUN):

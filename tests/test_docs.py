@@ -45,6 +45,12 @@ def test_marked_commands_run_and_fail_loudly(tmp_path, monkeypatch):
     assert (tmp_path / "make.py").read_text().startswith("# make.py")
     with pytest.raises(AssertionError, match="exited with 3"):
         run_page(script + f"{RUN_MARK} -->\n" + failing, "page.md", {})
+    needs = "```python\n# needs: no_such_module_xyz (pip install xyz)\nran = True\n```\n"
+    with pytest.raises(pytest.skip.Exception, match="needs no_such_module_xyz"):
+        run_page(script + needs, "page.md", {})
+    namespace: dict = {}
+    assert run_page(script + needs.replace("no_such_module_xyz", "json"), "page.md", namespace) == 2
+    assert namespace["ran"]
 
 
 def markdown_links(path: Path) -> list[str]:
@@ -78,15 +84,19 @@ def test_the_cli_page_lists_every_flag():
         from xpnn_cli import parser_markdown
     finally:
         sys.path.remove(str(DOCS / "_ext"))
+    from xpnn.export import _parser as export_parser
     from xpnn.train import build_parser
 
-    text = "\n".join(parser_markdown(build_parser()))
-    flags = [flag for action in build_parser()._actions for flag in action.option_strings if flag.startswith("--")]
-    assert len(flags) > 20
-    for flag in flags:
-        if flag != "--help":
-            assert f"```{{option}} {flag}" in text, flag
-    assert "(default: 128)" in text
+    for parser, least in ((build_parser(), 20), (export_parser(), 4)):
+        text = "\n".join(parser_markdown(parser))
+        flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+        assert len(flags) > least
+        for flag in flags:
+            if flag != "--help":
+                assert f"```{{option}} {flag}" in text, flag
+    assert "(default: 128)" in "\n".join(parser_markdown(build_parser()))
+    page = (DOCS / "cli.md").read_text()
+    assert "```{xpnn-cli} xpnn.train:build_parser" in page and "```{xpnn-cli} xpnn.export:_parser" in page
 
 
 def test_the_link_checker_finds_broken_links(tmp_path):

@@ -646,7 +646,7 @@ class Sequential:
         Returns
         -------
         Path
-            The file written: input ``"input"`` (N, *input_shape), output ``"probabilities"`` or
+            The file written: input ``"input"`` ``(N, *input_shape)``, output ``"probabilities"`` or
             ``"logits"`` (N, n_out). See :func:`xpnn.export_onnx`; needs ``pip install onnx onnxruntime``.
         """
         from .onnx_export import DEFAULT_OPSET, export_onnx
