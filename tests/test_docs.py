@@ -30,7 +30,14 @@ def test_the_pages_have_code_to_run():
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
+    import xpnn
+    from xpnn import onnx_export
+
     monkeypatch.chdir(tmp_path)
+    # Layers a page defines (found by class name when a model loads) and its ONNX rules stay on the page, so that
+    # a page's Swish cannot stand in for another test's.
+    monkeypatch.setattr(xpnn.Layer, "registry", dict(xpnn.Layer.registry))
+    monkeypatch.setattr(onnx_export, "_RULES", dict(onnx_export._RULES))
     run_page(page.read_text(), str(page), {"__name__": "__docs__"})
     capsys.readouterr()
 
