@@ -281,6 +281,7 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
         saved = {**saved, "workers": 1}  # written before --workers existed: one thread trained it
     if saved is not None and "workers" not in given:  # like --device, a machine's setting: may change (Run warns)
         args.workers = saved["workers"]
+        args.workers_from_checkpoint = True
     if saved is not None and "epochs" in saved:
         if "epochs" not in given:
             args.epochs = saved["epochs"]
@@ -405,16 +406,11 @@ class Run:
             args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
                                            processes=self.comm.size)
         except (ValueError, ImportError) as error:
-            message = str(error)
-            if saved is not None and args.workers == saved.get("workers", 1):  # not given: the checkpoint's
-                given = f"--workers {args.workers}"
-                message = message.replace(given, f"{given} (the checkpoint's)", 1)
-            raise UsageError(message) from None
-        if saved is not None and args.workers != saved.get("workers", 1) and self.comm.is_root:
-            print(f"{PROG}: warning: --workers {args.workers} differs from the checkpoint's {saved.get('workers', 1)}: "
-                  "from here gradients are summed over other shards (and BatchNorm normalizes by other shard "
-                  "statistics), so the run agrees with an uninterrupted one only to rounding; dropout's masks stay "
-                  "the same", file=sys.stderr)
+            if not getattr(args, "workers_from_checkpoint", False):
+                raise UsageError(str(error)) from None
+            # The checkpoint's number does not fit this device or machine (a NumPy run resumed on torch, say):
+            # like every machine setting, it gives way to what this one does best, with the warning below.
+            args.workers = resolve_workers(AUTO, self.backend, PROG, option="--workers", processes=self.comm.size)
         if args.data_file is not None:
             try:
                 self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
@@ -500,10 +496,16 @@ class Run:
         if isinstance(processes, int) and processes != self.comm.size:
             changes.append(f"with {_count(self.comm.size, 'process')} (the checkpoint was trained with "
                            f"{_count(processes, 'process')})")
+        workers = saved.get("workers", 1)
+        if isinstance(workers, int) and workers != self.args.workers:
+            changes.append(f"with {_count(self.args.workers, 'worker')} (the checkpoint was trained with "
+                           f"{_count(workers, 'worker')})")
         if not changes:
             return None
+        batchnorm = workers != self.args.workers and any("BatchNorm" in type(layer).__name__ for layer in self.model)
         return (f"resuming {' and '.join(changes)}: from here the numbers agree with an uninterrupted run only to "
-                "float rounding")
+                "float rounding" + (", and BatchNorm normalizes each worker's shard by its own statistics"
+                                    if batchnorm else ""))
 
     def resume(self, path: str) -> None:
         header = load_checkpoint(path, self.model, self.optimizer)
