@@ -779,7 +779,7 @@ def test_cupy_is_refused_without_nvmath_and_chosen_with_it(monkeypatch):
     monkeypatch.setattr(graphs_module, "_nvmath_cublas", missing)
     assert device_refusal(cupy_like) == ("CuPy captures its matrix products through nvmath-python, which cannot be "
                                          "imported (ModuleNotFoundError: No module named 'nvmath'); pip install "
-                                         "'xpnn[gpu]'")
+                                         "'nvmath-python[cu12]'")
     monkeypatch.setattr(graphs_module, "_nvmath_cublas", lambda: FakeBlas())
     assert device_refusal(cupy_like) is None
     assert "cannot capture; it needs torch on CUDA or CuPy" in device_refusal(xpnn.get_backend("cpu"))

@@ -58,7 +58,7 @@ def device_refusal(backend: Any) -> str | None:
             _nvmath_cublas()
         except ImportError as error:
             return (f"CuPy captures its matrix products through nvmath-python, which cannot be imported "
-                    f"({type(error).__name__}: {error}); pip install 'xpnn[gpu]'")
+                    f"({type(error).__name__}: {error}); pip install 'nvmath-python[cu12]'")
     return None
 
 

@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
              "(default: auto)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
         help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python, "
-             "in xpnn[gpu]); auto: on gpu and torch:cuda wherever it can, eager with one warning line where it "
-             "cannot (several MPI ranks); on: exit with an error instead (default: auto)")
+             "which the gpu extra installs); auto: on gpu and torch:cuda wherever it can, eager with one "
+             "warning line where it cannot (several MPI ranks); on: exit with an error instead (default: auto)")
     return parser
 
 
