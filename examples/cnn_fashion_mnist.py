@@ -1,7 +1,7 @@
 """Train the two-convolution network of ``xpnn.cnn()`` on Fashion-MNIST images, shaped (N, 1, 28, 28).
 
     python examples/cnn_fashion_mnist.py             # the real data, 3 epochs (about 30 s each on 2 cores)
-    python examples/cnn_fashion_mnist.py --workers 2 # share each batch between two threads (NumPy)
+    python examples/cnn_fashion_mnist.py --workers 1 # one thread (default: one per core, on NumPy)
     python examples/cnn_fashion_mnist.py --tiny      # 64 random images, 1 epoch (a smoke test)
 """
 
@@ -18,7 +18,8 @@ from xpnn.data import load_dataset
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="random data, one epoch: runs in about a second")
-    parser.add_argument("--workers", type=int, default=1, help="threads that share each batch (default: 1)")
+    parser.add_argument("--workers", type=lambda text: text if text == "auto" else int(text), default="auto",
+                        help="threads that share each batch, or auto: one per core on NumPy (default: auto)")
     args = parser.parse_args()
 
     if args.tiny:

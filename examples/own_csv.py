@@ -1,10 +1,12 @@
-"""Train a classifier on a CSV file of your own: one row per sample, the label (0..K-1) in the last column.
+"""Train a classifier on a CSV file of your own: a header row, numeric features and a label column.
 
-    python examples/own_csv.py data.csv              # a header row is skipped if there is one
-    python examples/own_csv.py --tiny                # writes a small CSV to a temporary folder and uses it
+    python examples/own_csv.py data.csv                    # the label: the column named "label", else the last
+    python examples/own_csv.py data.csv --target species   # or the column you name
+    python examples/own_csv.py --tiny                      # writes a small CSV to a temporary folder and uses it
 
-The features are standardized with the training part's mean and standard deviation; a fifth of the rows,
-drawn at random, is held out for testing.
+The file is read and checked as ``python -m xpnn.train --data data.csv`` reads it, with the same held-out
+test rows (a fifth of each class). The features are standardized inside the model, so the saved model
+predicts on raw rows.
 """
 
 from __future__ import annotations
@@ -16,31 +18,26 @@ from pathlib import Path
 import numpy as np
 
 import xpnn
-
-
-def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Features (N, D) float32 and integer labels (N,) from a comma-separated file."""
-    with open(path) as file:
-        first = file.readline()
-    has_header = any(ch.isalpha() for ch in first)
-    table = np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
-    labels = table[:, -1]
-    if not np.array_equal(labels, np.round(labels)) or labels.min() < 0:
-        raise SystemExit(f"{path}: the last column must hold integer labels 0..K-1")
-    return table[:, :-1].astype(np.float32), labels.astype(int)
+from xpnn.data import DataError
+from xpnn.datafile import load_data_file
 
 
 def write_example_csv(path: Path) -> None:
-    """Three classes of points in 4 dimensions, with a header row."""
+    """Three named classes of points in 4 dimensions, one feature on a much larger scale."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((600, 4))
-    y = (x[:, 0] > 0).astype(int) + (x[:, 1] + x[:, 2] > 0.5)
-    np.savetxt(path, np.column_stack([x, y]), delimiter=",", header="f1,f2,f3,f4,label", comments="", fmt="%.5g")
+    x = rng.standard_normal((600, 4)) * [1, 1, 1, 100]
+    kind = (x[:, 0] > 0).astype(int) + (x[:, 1] + x[:, 3] / 100 > 0.5)
+    names = np.array(["low", "middle", "high"])[kind]
+    with open(path, "w") as file:
+        file.write("f1,f2,f3,f4,kind\n")
+        for row, name in zip(x, names, strict=True):
+            file.write(",".join(f"{v:.5g}" for v in row) + f",{name}\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="?", type=Path, help="the CSV file")
+    parser.add_argument("--target", help="the label column (default: the column named label, else the last)")
     parser.add_argument("--tiny", action="store_true", help="make a small CSV and train on it")
     parser.add_argument("--epochs", type=int, default=30, help="passes over the data (default: 30)")
     args = parser.parse_args()
@@ -52,18 +49,21 @@ def main() -> None:
         if args.tiny:
             path = Path(folder) / "example.csv"
             write_example_csv(path)
-        x, y = read_csv(path)
+        try:
+            data = load_data_file(path, target=args.target)
+        except DataError as error:
+            raise SystemExit(f"own_csv.py: {error}") from None
 
-    order = np.random.default_rng(0).permutation(len(x))
-    test, train = order[: len(x) // 5], order[len(x) // 5:]
-    mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
-    x = (x - mean) / std
+        features, classes = data.x_train.shape[1], data.class_count
+        model = xpnn.model.standardized(xpnn.mlp([features, 64, classes], dropout=0.1, seed=0), data.x_train)
+        xpnn.fit(model, xpnn.optim.Adam(model, lr=3e-3), data.x_train, data.y_train, epochs=args.epochs,
+                 batch_size=32, verbose=False)
+        print(f"{data.name}: {len(data.x_train)} training rows, {features} features, {classes} classes "
+              f"{data.class_names or ''}")
 
-    model = xpnn.mlp([x.shape[1], 64, int(y.max()) + 1], dropout=0.1, seed=0)
-    history = xpnn.fit(model, xpnn.optim.Adam(model, lr=3e-3), x[train], y[train], epochs=args.epochs,
-                       batch_size=32, eval_sets={"test": (x[test], y[test])}, verbose=False)
-    print(f"{len(train)} training rows, {x.shape[1]} features, {int(y.max()) + 1} classes")
-    print(f"test accuracy {history[-1]['test_accuracy']:.2%}")
+        model.save(Path(folder) / "model.npz")
+        again = xpnn.load(Path(folder) / "model.npz")       # the statistics and class names come with it
+        print(f"test accuracy {again.accuracy(data.x_test, data.y_test):.2%}")
 
 
 if __name__ == "__main__":

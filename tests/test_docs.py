@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_blocks import RUN_MARK, commands, run_page
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts)
-NOT_RUN = "# not run:"
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -29,15 +30,34 @@ def test_the_pages_have_code_to_run():
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
+    import xpnn
+    from xpnn import onnx_export
+
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__docs__"}
-    for block in python_blocks(page):
-        code = compile(block, str(page), "exec")
-        if block.startswith(NOT_RUN):
-            assert len(block.splitlines()[0]) > len(NOT_RUN) + 5, f"{page.name}: say why a block is not run"
-            continue
-        exec(code, namespace)
+    # Layers a page defines (found by class name when a model loads) and its ONNX rules stay on the page, so that
+    # a page's Swish cannot stand in for another test's.
+    monkeypatch.setattr(xpnn.Layer, "registry", dict(xpnn.Layer.registry))
+    monkeypatch.setattr(onnx_export, "_RULES", dict(onnx_export._RULES))
+    run_page(page.read_text(), str(page), {"__name__": "__docs__"})
     capsys.readouterr()
+
+
+def test_marked_commands_run_and_fail_loudly(tmp_path, monkeypatch):
+    """The page runner runs a marked bash block (and only a marked one), and a failing command fails it."""
+    monkeypatch.chdir(tmp_path)
+    script = "```python\n# make.py: writes a file\nfrom pathlib import Path\nPath('a.txt').write_text('1')\n```\n"
+    failing = "```bash\npython -c \"raise SystemExit(3)\"\n```\n"
+    marked = f"{RUN_MARK} -->\n```bash\npython make.py \\\n  --ignored\n```\n"
+    assert run_page(script + failing + marked, "page.md", {}) == 2
+    assert (tmp_path / "make.py").read_text().startswith("# make.py")
+    with pytest.raises(AssertionError, match="exited with 3"):
+        run_page(script + f"{RUN_MARK} -->\n" + failing, "page.md", {})
+    needs = "```python\n# needs: no_such_module_xyz (pip install xyz)\nran = True\n```\n"
+    with pytest.raises(pytest.skip.Exception, match="needs no_such_module_xyz"):
+        run_page(script + needs, "page.md", {})
+    namespace: dict = {}
+    assert run_page(script + needs.replace("no_such_module_xyz", "json"), "page.md", namespace) == 2
+    assert namespace["ran"]
 
 
 def markdown_links(path: Path) -> list[str]:
@@ -71,15 +91,19 @@ def test_the_cli_page_lists_every_flag():
         from xpnn_cli import parser_markdown
     finally:
         sys.path.remove(str(DOCS / "_ext"))
+    from xpnn.export import _parser as export_parser
     from xpnn.train import build_parser
 
-    text = "\n".join(parser_markdown(build_parser()))
-    flags = [flag for action in build_parser()._actions for flag in action.option_strings if flag.startswith("--")]
-    assert len(flags) > 20
-    for flag in flags:
-        if flag != "--help":
-            assert f"```{{option}} {flag}" in text, flag
-    assert "(default: 128)" in text
+    for parser, least in ((build_parser(), 20), (export_parser(), 4)):
+        text = "\n".join(parser_markdown(parser))
+        flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+        assert len(flags) > least
+        for flag in flags:
+            if flag != "--help":
+                assert f"```{{option}} {flag}" in text, flag
+    assert "(default: 128)" in "\n".join(parser_markdown(build_parser()))
+    page = (DOCS / "cli.md").read_text()
+    assert "```{xpnn-cli} xpnn.train:build_parser" in page and "```{xpnn-cli} xpnn.export:_parser" in page
 
 
 def test_the_link_checker_finds_broken_links(tmp_path):
@@ -136,7 +160,7 @@ def test_every_documented_command_line_parses():
     found = 0
     for page in [*PAGES, ROOT / "CONTRIBUTING.md"]:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            for line in commands(block):
                 if "python -m xpnn.train" not in line:
                     continue
                 argv = [arg for arg in shlex.split(line.split("python -m xpnn.train", 1)[1], comments=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_blocks import commands, run_page
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -19,8 +21,7 @@ def blocks(language: str) -> list[str]:
 def test_every_readme_snippet_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    for block in blocks("python"):
-        exec(compile(block, str(README), "exec"), namespace)
+    run_page(README.read_text(), str(README), namespace)
     out = capsys.readouterr().out
     assert float(re.search(r"validation accuracy ([\d.]+)%", out).group(1)) > 80
     assert (tmp_path / "model.npz").is_file()
@@ -38,7 +39,7 @@ def test_the_readme_test_command_is_the_one_ci_runs():
 def test_the_readme_train_command_uses_real_flags():
     from xpnn.train import build_parser
 
-    train = [line for block in blocks("bash") for line in block.splitlines() if "xpnn.train" in line]
+    train = [line for block in blocks("bash") for line in commands(block) if "xpnn.train" in line]
     assert train
     for line in train:
         argv = shlex.split(line.split("python -m xpnn.train", 1)[1])

@@ -649,7 +649,7 @@ class Sequential:
         Returns
         -------
         Path
-            The file written: input ``"input"`` (N, *input_shape), output ``"probabilities"`` or
+            The file written: input ``"input"`` ``(N, *input_shape)``, output ``"probabilities"`` or
             ``"logits"`` (N, n_out). See :func:`xpnn.export_onnx`; needs ``pip install onnx onnxruntime``.
         """
         from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -678,7 +678,7 @@ class Sequential:
         return x
 
     def unflatten(self, x: Any) -> Any:
-        """Flat rows (N, prod(input_shape)) as (N, *input_shape) when the model takes more than one axis.
+        """Flat rows (N, prod(input_shape)) as ``(N, *input_shape)`` when the model takes more than one axis.
 
         :func:`xpnn.data.load_dataset` gives images as flat rows (N, 784); a CNN built for (1, 28, 28) takes
         them as they are, reshaped in C order (channel, row, column), as ``x.reshape(N, C, H, W)`` would.
@@ -998,7 +998,7 @@ def standardized(model: Sequential, x: Any) -> Sequential:
     model : Sequential
         A model that knows its input shape (as :func:`mlp` and :func:`cnn` build); its layers are rebuilt,
         so their weights are drawn anew from its seed.
-    x : NumPy array (N, *model.input_shape)
+    x : NumPy array, shape ``(N, *model.input_shape)``
         The training inputs (never validation or test data).
     """
     from .layers.standardize import Standardize

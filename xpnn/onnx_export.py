@@ -230,7 +230,7 @@ def export_onnx(model: Sequential, path: str | os.PathLike, *, output: str | Non
     Returns
     -------
     Path
-        The file written. Its graph has one input ``"input"`` (N, *input_shape) and one output,
+        The file written. Its graph has one input ``"input"`` ``(N, *input_shape)`` and one output,
         ``"probabilities"`` or ``"logits"`` (N, n_out), where N is any batch size.
 
     Raises

@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
              "auto: one per core this process may use with --device cpu, 1 with torch, gpu or MPI "
              "(default: auto)")
     add("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
-        help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python: "
-             "pip install 'nvmath-python[cu12]'); auto: on gpu and torch:cuda wherever it can, eager with one "
+        help="capture the training step as a CUDA graph and replay it (--device gpu needs nvmath-python, "
+             "which the gpu extra installs); auto: on gpu and torch:cuda wherever it can, eager with one "
              "warning line where it cannot (several MPI ranks); on: exit with an error instead (default: auto)")
     return parser
 

@@ -24,7 +24,7 @@ class Standardize(Layer):
         Shape of the statistics, broadcast against one sample: ``(D,)`` scales each of D features of
         (N, D) rows; ``(C, 1, 1)`` each channel of (N, C, H, W) images.
 
-    Shapes: ``x`` (N, *sample) -> ``y`` the same.
+    Shapes: ``x`` ``(N, *sample)`` -> ``y`` the same.
     """
 
     def __init__(self, shape: Sequence[int]):
@@ -45,7 +45,7 @@ class Standardize(Layer):
         self.buffers["std"] = self.backend.ones(self.shape)
 
     def adapt(self, x: Any) -> Standardize:
-        """Set ``mean`` and ``std`` from host data ``x`` (N, *sample), reducing over every axis the statistics
+        """Set ``mean`` and ``std`` from host data ``x`` ``(N, *sample)``, reducing over every axis the statistics
         broadcast along. A feature (or channel) that does not vary gets std 1, so it is centred, not blown up.
 
         Returns
