@@ -187,4 +187,10 @@ def test_jax_in_float64_without_x64_is_refused_with_the_fix():
     with pytest.raises(xpnn.BackendError, match=r"jax made float32 arrays when asked for float64; enable it with "
                                                 r"jax.config.update\("):
         xpnn.get_backend(jax.numpy, "float64")
+    # float32 too: without x64 JAX truncates int64 labels with a warning, and dropout's 32-bit counter arithmetic
+    # overflowed in a traceback
+    with pytest.raises(xpnn.BackendError, match=r"jax made int32 arrays when asked for int64, which xpnn needs .*"
+                                                r"jax.config.update\("):
+        xpnn.get_backend(jax.numpy)
+    jax.config.update("jax_enable_x64", True)
     assert xpnn.get_backend(jax.numpy).dtype_name == "float32"

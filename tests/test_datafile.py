@@ -292,3 +292,14 @@ def test_an_identifier_column_is_not_taken_for_labels(tmp_path):
     text = "a,b,id\n" + "".join(f"{i},{i % 7},row{i}\n" for i in range(100))
     refused(write_csv(tmp_path / "ids.csv", text), "column 'id' has 100 different labels for 100 rows",
             "--target NAME")
+
+
+@pytest.mark.parametrize("cell", ["1" * 400 + ".5", "9" * 400, "-" + "7" * 400])
+def test_a_huge_cell_is_cut_short_in_the_message(tmp_path, cell):
+    """A 400-digit number overflows float32 (or is a huge label); the one-line message stays short."""
+    path = write_csv(tmp_path / "huge.csv", f"a,label\n{cell},0\n1.0,1\n")
+    message = refused(path)
+    assert "..." in message and len(message) - len(str(path)) < 200
+    path = write_csv(tmp_path / "label.csv", f"a,label\n1.0,{cell}\n1.0,1\n")
+    message = refused(path)
+    assert "..." in message and len(message) - len(str(path)) < 250

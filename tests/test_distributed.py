@@ -471,7 +471,8 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(cli_dataset, tmp_path)
     (["--lr", "-1"], "argument --lr: must be a positive finite number"),
     (["--data-dir", "/nonexistent/xpnn"], "error:"),
     (["--batch-size", "100000"], "--batch-size 100000 is larger than the training set"),
-], ids=["flag", "data", "usage"])
+    (["--batch-size", "1"], "--batch-size 1 is smaller than the number of processes (2)"),
+], ids=["flag", "data", "usage", "batch-below-ranks"])
 def test_cli_errors_on_two_ranks_give_one_line_and_fail(cli_dataset, tmp_path, flags, message):
     start = time.monotonic()
     result = cli_on_ranks(cli_dataset, tmp_path / "out", *CLI_FLAGS, *flags)

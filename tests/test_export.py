@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -155,6 +156,8 @@ def test_opset_is_current_and_selectable(tmp_path):
     assert_matches(model, path, (4,))
     with pytest.raises(ExportError, match="opset must be an integer >= 13"):
         model.to_onnx(tmp_path / "c.onnx", opset=9)
+    with pytest.raises(ExportError, match="opset 999 is newer than this onnx"):
+        model.to_onnx(tmp_path / "c.onnx", opset=999)
 
 
 def test_float64_model_exports_in_float64_when_asked(tmp_path):
@@ -349,6 +352,10 @@ def test_cli_bad_inputs_are_one_line_errors(saved_cnn, tmp_path, capsys):
     assert code == 2 and "invalid choice" in line
     code, line = cli_error(capsys, path, out, "--opset", "9")
     assert code == 2 and "13 or later" in line
+    code, line = cli_error(capsys, path, out, "--opset", "999")
+    assert code == 2 and "this onnx knows opsets up to" in line
+    code, line = cli_error(capsys, "", out)
+    assert code == 2 and "MODEL: empty path" in line
     code, line = cli_error(capsys, path, out, "--input-shape", "1,x,6")
     assert code == 2 and "positive integers" in line
     code, line = cli_error(capsys, path, out, "--input-shape", "1,9,9")
@@ -367,3 +374,27 @@ def test_cli_custom_layer_without_rule(tmp_path, capsys):
     code, line = cli_error(capsys, tmp_path / "custom.npz", tmp_path / "o.onnx")
     assert code == 1 and "(Swish) has no ONNX export rule" in line and "register_onnx_rule" in line
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_float64_graph_onnxruntime_cannot_run_is_written_with_one_warning(tmp_path, capsys):
+    """onnxruntime's CPU kernels have no float64 Conv: the file is valid ONNX, but the user hears it at export."""
+    pytest.importorskip("onnxruntime")
+    model = xpnn.Sequential([Conv2d(1, 2, 3, padding=1), Flatten(), Affine(2 * 6 * 6, 3)])
+    with pytest.warns(UserWarning, match=r"onnxruntime cannot run this float64 graph \(.*Conv"):
+        model.to_onnx(tmp_path / "c.onnx", input_shape=(1, 6, 6), dtype="float64")
+    model.save(tmp_path / "c.npz")
+    assert main([str(tmp_path / "c.npz"), str(tmp_path / "cli.onnx"), "--dtype", "float64",
+                 "--input-shape", "1,6,6"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m xpnn.export: warning: onnxruntime cannot run this float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32, and float64 graphs it can run, export silently
+        model.to_onnx(tmp_path / "c32.onnx", input_shape=(1, 6, 6))
+        xpnn.mlp([4, 3]).to_onnx(tmp_path / "m64.onnx", dtype="float64")
+
+
+def test_input_shape_may_be_one_feature_count(tmp_path):
+    model = xpnn.mlp([4, 3])
+    with pytest.raises(ExportError, match=r"input_shape \(5,\) does not fit"):
+        model.to_onnx(tmp_path / "m.onnx", input_shape=5)
+    assert model.to_onnx(tmp_path / "m.onnx", input_shape=4).exists()

@@ -436,3 +436,87 @@ def test_optimizer_follows_its_model_across_to(backend, kind):
     expected, moved = run(False), run(True)
     for name in expected:
         np.testing.assert_allclose(moved[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("factor", [-1.0, float("nan"), float("inf"), "x", None, True])
+def test_a_schedule_that_gives_no_usable_factor_is_refused_naming_the_epoch(factor):
+    """A negative factor would climb the loss, a NaN would read as a divergence, a string fail deep inside."""
+    model = xpnn.mlp([4, 3], seed=0)
+    x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
+    with pytest.raises(ValueError, match=r"fit: schedule\(0\) returned .*; a schedule gives each 0-based epoch a "
+                                         "finite learning-rate factor >= 0"):
+        xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, epochs=1, schedule=lambda epoch: factor, verbose=False)
+
+
+def test_a_schedule_of_numpy_numbers_and_zero_is_accepted():
+    model = xpnn.mlp([4, 3], seed=0)
+    x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
+    history = xpnn.fit(model, xpnn.optim.SGD(model, lr=0.1), x, y, epochs=2, verbose=False,
+                       schedule=lambda epoch: np.float32(0.5) if epoch == 0 else 0)
+    assert [row["lr"] for row in history] == [0.05, 0.0]
+
+
+def test_gradcheck_of_an_unbuilt_layer_or_another_object_says_what_to_do():
+    with pytest.raises(ValueError, match=r"has no parameters yet; build it first"):
+        xpnn.gradcheck(xpnn.Affine(3, 2), np.ones((2, 3)))
+    with pytest.raises(TypeError, match="gradcheck: expected a Layer, Loss or Sequential, got str"):
+        xpnn.gradcheck("model", np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("state", [None, [("0.W", np.ones(2))], 3])
+def test_load_state_dict_of_something_other_than_a_dict_is_a_type_error(state):
+    model = xpnn.mlp([4, 3], seed=0)
+    with pytest.raises(TypeError, match="state: expected a dict of name -> array"):
+        model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("width", [5, 1])
+def test_a_standardizing_model_refuses_rows_of_another_width_instead_of_broadcasting(width):
+    """(N, 1) rows would broadcast against four statistics into four made-up features."""
+    model = xpnn.Sequential([xpnn.layers.Standardize((4,)), Affine(4, 3)])
+    with pytest.raises(ValueError, match=r"Standardize.*expected samples of shape \(4,\)"):
+        model.predict(np.ones((2, width), np.float32))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 2.0, float("nan"), -0.5])
+def test_load_data_file_refuses_a_test_size_outside_0_1(tmp_path, fraction):
+    from xpnn.datafile import load_data_file
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,label\n" + "\n".join(f"{i / 10},{i % 2}" for i in range(20)) + "\n")
+    with pytest.raises(ValueError, match="load_data_file: test_size must be"):
+        load_data_file(path, test_size=fraction)
+
+
+def test_checkpoints_refuse_an_optimizer_of_another_model(tmp_path):
+    from xpnn.checkpoint import load_checkpoint, save_checkpoint
+
+    model, other = xpnn.mlp([4, 3], seed=0), xpnn.mlp([4, 3], seed=1)
+    with pytest.raises(ValueError, match="save_checkpoint: the Adam was made for another model"):
+        save_checkpoint(tmp_path / "c.npz", model, Adam(other, lr=0.1), 1, [], {})
+    assert not (tmp_path / "c.npz").exists()
+    save_checkpoint(tmp_path / "c.npz", model, Adam(model, lr=0.1), 1, [], {})
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="load_checkpoint: the Adam was made for another model"):
+        load_checkpoint(tmp_path / "c.npz", model, Adam(other, lr=0.1))
+    assert all(np.array_equal(before[k], other.state_dict()[k]) for k in before)
+
+
+@pytest.mark.parametrize(("epoch", "history", "error", "message"), [
+    (-1, [], xpnn.FormatError, "save_checkpoint: epoch must be a whole number >= 0"),
+    (1.5, [], xpnn.FormatError, "save_checkpoint: epoch must be a whole number >= 0"),
+    (1, [object()], TypeError, "save_checkpoint: history and settings must hold JSON values"),
+])
+def test_save_checkpoint_never_writes_what_load_checkpoint_refuses(tmp_path, epoch, history, error, message):
+    from xpnn.checkpoint import save_checkpoint
+
+    model = xpnn.mlp([4, 3], seed=0)
+    with pytest.raises(error, match=message):
+        save_checkpoint(tmp_path / "c.npz", model, Adam(model, lr=0.1), epoch, history, {})
+    assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("namespace", ["numpy", math, None])
+def test_from_namespace_of_something_that_is_no_array_library_is_a_type_error(namespace):
+    with pytest.raises(TypeError, match="Backend.from_namespace: expected an array library"):
+        xpnn.Backend.from_namespace(namespace)

@@ -8,6 +8,7 @@ and Fashion-MNIST are 10 classes of 28x28 images.
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,47 @@ def test_real_fashion_mnist_is_what_it_says():
     ds = data._assemble("fashion-mnist", {k: data.read_idx(p) for k, p in data.find_files(root).items()},
                         data.find_files(root), data.DATASETS["fashion-mnist"])
     assert ds.n_classes == 10 and ds.image_shape == (28, 28) and ds.x_train.shape == (60000, 784)
+
+
+def _small_csv(path: Path, rows: int = 60) -> Path:
+    path.write_text("a,b,label\n" + "\n".join(f"{i % 7 / 7:.3f},{i % 5 / 5:.3f},{i % 3}" for i in range(rows)) + "\n")
+    return path
+
+
+def test_a_file_smaller_than_the_default_batch_trains_in_one_batch_and_resumes(tmp_path, capsys):
+    """Iris-sized files (48 training rows here) must not need --batch-size; a size the user gives is still checked."""
+    data_file, save = _small_csv(tmp_path / "small.csv"), tmp_path / "ck.npz"
+    assert cli.main(["--data", str(data_file), "--epochs", "1", "--hidden", "3", "--save", str(save)]) == 0
+    assert "batch 48," in capsys.readouterr().out
+    assert cli.main(["--resume", str(save), "--epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--data", str(data_file), "--epochs", "1", "--hidden", "3", "--batch-size", "49"]) == 2
+    assert "--batch-size 49 is larger than the training set (48 samples)" in capsys.readouterr().err
+
+
+def test_resuming_a_data_file_checkpoint_on_an_idx_folder_names_the_file(tmp_path, capsys):
+    data_file, save = _small_csv(tmp_path / "small.csv"), tmp_path / "ck.npz"
+    assert cli.main(["--data", str(data_file), "--epochs", "1", "--hidden", "3", "--save", str(save), "--quiet"]) == 0
+    folder = make_dataset(tmp_path / "idx")
+    for flags, named in ((["--data-dir", str(folder)], "--data-dir"), (["--dataset", "fashion-mnist"], "--dataset")):
+        assert cli.main(["--resume", str(save), "--epochs", "2", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"the checkpoint was trained on --data {data_file}, not on an MNIST-layout dataset; "
+                            f"drop {named} to train on that file again")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "loop", "dangling"])
+def test_an_idx_name_that_is_not_a_file_is_named_not_called_missing(tmp_path, kind):
+    folder = make_dataset(tmp_path / "d")
+    target = folder / "train-images-idx3-ubyte.gz"
+    target.unlink()
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "loop":
+        os.symlink(target, target)
+    else:
+        os.symlink(tmp_path / "nowhere", target)
+    with pytest.raises(DataError, match=f"{target}: not a regular file"):
+        load_dataset("mnist", folder)

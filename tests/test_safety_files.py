@@ -131,6 +131,15 @@ def test_a_chain_of_symlinks_and_a_dangling_one(tmp_path):
     assert (tmp_path / "two").is_symlink() and (tmp_path / "one").is_symlink() and target.read_bytes() == b"made"
 
 
+
+def test_a_dangling_symlink_into_a_missing_folder_is_refused_and_creates_nothing(tmp_path):
+    """Writing creates the folders of the path given, never those of a symlink's far target."""
+    os.symlink(tmp_path / "absent" / "deeper" / "end.bin", tmp_path / "link")
+    with pytest.raises(OutputError, match="is a symbolic link to .*end.bin, whose folder does not exist"):
+        write_file(tmp_path / "link", write_bytes(b"x"))
+    assert not (tmp_path / "absent").exists()
+
+
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_special_paths_are_refused_without_blocking(tmp_path, kind):
     path = special(tmp_path, kind)

@@ -42,7 +42,6 @@ def checkpoint(dataset, tmp_path_factory):
         (["--full-batch"], "--full-batch (on) differs from the checkpoint's (off)"),
         (["--model", "cnn"], "--model cnn differs from the checkpoint's mlp"),
         (["--init", "xavier"], "--init xavier differs from the checkpoint's he"),
-        (["--momentum", "0.5"], "--momentum 0.5 differs from the checkpoint's 0.9"),
         (["--dataset", "fashion-mnist"], "--dataset fashion-mnist differs from the checkpoint's mnist"),
         (["--seed=2"], "--seed 2 differs from the checkpoint's 1"),
         (["--lr", "0.2", "--hidden", "8"], "--hidden 8 differs from the checkpoint's 16"),
@@ -214,3 +213,67 @@ def test_fine_tuning_a_finished_run_without_more_epochs_says_it_would_change_not
     line = one_error_line(result)
     assert f"--resume {checkpoint} has trained all 2 epochs, so --lr would change nothing" in line
     assert "pass --epochs larger than 2" in line
+
+
+def test_momentum_on_a_checkpoint_without_it_is_refused_as_having_no_effect(dataset, checkpoint):
+    result = cli("--data-dir", dataset, *BASE, "--momentum", "0.5", "--resume", checkpoint)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "adam would ignore it: drop --momentum" in line and "differs" not in line
+
+
+def test_a_refused_resume_prints_no_warning_before_its_error(dataset, checkpoint, tmp_path):
+    """--epochs 5 would warn; the data check that refuses the run comes alone."""
+    other = make_dataset(tmp_path / "other", seed=7)
+    result = cli("--data-dir", other, *BASE, "--epochs", "5", "--resume", checkpoint)
+    assert result.returncode == 2
+    assert "trained on other data" in one_error_line(result)
+
+
+@pytest.mark.parametrize(("key", "value"), [("processes", -3), ("processes", "2"), ("device", "x" * 1000),
+                                            ("device", ""), ("device", 5)])
+def test_a_crafted_machine_setting_is_refused_in_one_short_line(dataset, checkpoint, tmp_path, key, value):
+    arrays, header = checkpoint_state(checkpoint)
+    header["settings"][key] = value
+    crafted = tmp_path / "crafted.npz"
+    write_npz(crafted, arrays, header)
+    result = cli("--data-dir", dataset, *BASE, "--resume", crafted)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"the checkpoint's setting '{key}'" in line and len(line) < 300
+
+
+def test_a_flag_the_checkpoint_left_to_its_default_is_named_so(tmp_path):
+    rows = "\n".join(f"{i % 7 / 7:.3f},{i % 5 / 5:.3f},{i % 3}" for i in range(120))
+    data = tmp_path / "t.csv"
+    data.write_text("a,b,label\n" + rows + "\n")
+    save = tmp_path / "ck.npz"
+    assert cli("--data", data, *BASE, "--save", save).returncode == 0
+    result = cli("--data", data, *BASE, "--resume", save, "--target", "a")
+    assert result.returncode == 2
+    assert "--target a differs from the checkpoint's (default)" in one_error_line(result)
+
+
+def test_a_checkpoint_of_every_cpu_device_resumes(dataset, tmp_path):
+    """Device kinds such as array-api-strict's long name are valid settings, not crafted ones."""
+    pytest.importorskip("array_api_strict")
+    save = tmp_path / "strict.npz"
+    assert cli("--data-dir", dataset, *BASE, "--epochs", "1", "--device", "array_api_strict",
+               "--save", save).returncode == 0
+    result = cli("--data-dir", dataset, *BASE, "--resume", save, "--device", "array_api_strict", "--save", save)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_checkpoint_of_more_workers_than_this_machine_has_resumes_with_its_own(dataset, checkpoint, tmp_path):
+    """--workers is a machine's setting, like --device: not given, it adapts (with one warning); given, it is
+    checked as always."""
+    arrays, header = checkpoint_state(checkpoint)
+    header["settings"]["workers"] = 64
+    crafted = tmp_path / "big-machine.npz"
+    write_npz(crafted, arrays, header)
+    result = cli("--data-dir", dataset, *BASE, "--epochs", "3", "--resume", crafted, "--save", crafted)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "--epochs 3" not in line]
+    assert len(lines) == 1 and "workers (the checkpoint was trained with 64 workers)" in lines[0]
+    result = cli("--data-dir", dataset, *BASE, "--epochs", "4", "--resume", crafted, "--workers", "64")
+    assert result.returncode == 2 and "--workers 64" in one_error_line(result)

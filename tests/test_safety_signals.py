@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -46,8 +47,8 @@ def test_ctrl_c_outside_the_epoch_loop_is_one_line_and_exit_130(dataset, tmp_pat
 def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_path, delay):
     save = tmp_path / "ck.npz"
     env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--batch-size", "50",
-                                "--hidden", "16", "--epochs", "100000", "--full-batch", "--save", str(save)],
+    process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
+                                "--epochs", "100000", "--full-batch", "--save", str(save)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().startswith("xpnn:")  # past Python's own start-up and the data loading
     time.sleep(delay * random.uniform(0.8, 1.2))
@@ -58,7 +59,7 @@ def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_pa
     if save.exists():  # written before epoch 1 unless the signal came first
         _, header = checkpoint_state(save)
         assert f"checkpoint after epoch {header['epoch']} is in {save}" in err
-        resumed = cli("--data-dir", dataset, *FAST, "--full-batch", "--resume", save,
+        resumed = cli("--data-dir", dataset, "--hidden", "16", "--quiet", "--resume", save,
                       "--epochs", str(header["epoch"] + 1))
         assert resumed.returncode == 0, resumed.stderr
     assert not list(tmp_path.glob(".*.part"))
@@ -135,6 +136,11 @@ def test_torch_cuda_without_cuda_is_one_line_and_exit_2(dataset):
         (["--device", "foo"], "--device: unknown device 'foo'"),
         (["--model", "cnn", "--hidden", "8"], "--hidden sets the MLP's layers"),
         (["--cuda-graphs", "on"], "cuda"),
+        (["--momentum", "0.5"], "--momentum is the coefficient of --optimizer momentum, and adam would ignore it"),
+        (["--optimizer", "sgd", "--momentum", "0.5"], "and sgd would ignore it: add --optimizer momentum"),
+        (["--resume", ""], "--resume: empty path"),
+        (["--data-dir", ""], "--data-dir: empty path"),
+        (["--val", "600"], "--val 600: must be between 1 and 599 (the training set has 600 samples)"),
     ],
 )
 def test_flags_found_wrong_after_parsing_exit_2_with_one_line(dataset, flags, message):
@@ -179,3 +185,45 @@ def test_a_layer_too_large_for_the_machine_is_a_flag_error_naming_it(dataset, hi
     line = one_error_line(result)
     assert f"Affine(n_in=64, n_out={hidden}" in line and "make the layer smaller" in line
     assert "--batch-size" not in line
+
+
+def test_batch_size_with_full_batch_is_one_warning_not_silence(dataset):
+    result = cli("--data-dir", dataset, "--hidden", "16", "--quiet", "--epochs", "1", "--full-batch",
+                 "--batch-size", "5")
+    assert result.returncode == 0
+    assert result.stderr.strip() == ("python -m xpnn.train: warning: --batch-size 5 is ignored: --full-batch takes "
+                                     "the whole training set in every step")
+
+
+def test_momentum_and_full_batch_alone_still_train(dataset):
+    momentum = ["--optimizer", "momentum", "--momentum", "0.5"]
+    assert cli("--data-dir", dataset, *FAST, "--epochs", "1", *momentum).returncode == 0
+    assert cli("--data-dir", dataset, "--hidden", "16", "--quiet", "--epochs", "1", "--full-batch").returncode == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_ends_like_ctrl_c_with_exit_143_and_no_lock_left(dataset, tmp_path, workers):
+    """kill, a batch scheduler or docker stop send SIGTERM: the run says where its checkpoint is and cleans up."""
+    if int(workers) > len(os.sched_getaffinity(0)):
+        pytest.skip("--workers 2 needs two cores")
+    save = tmp_path / "ck.npz"
+    env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
+                                "--epochs", "100000", "--full-batch", "--save", str(save), "--workers", workers],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().startswith("xpnn:")
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[0].startswith("terminated in epoch") and len(lines) == 2
+    _, header = checkpoint_state(save)
+    assert lines[1] == f"checkpoint after epoch {header['epoch']} is in {save}; continue with --resume {save}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"]  # no lock file, no .part
+
+
+def test_sigterm_is_put_back_after_an_in_process_run(dataset):
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "1"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -84,6 +84,14 @@ class Backend:
             hint = ('; enable it with jax.config.update("jax_enable_x64", True) before creating arrays'
                     if library == "jax" else "")
             raise BackendError(f"{name} made {made} arrays when asked for {dtype}{hint}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            integer = xp.zeros(1, dtype=xp.int64, device=device).dtype
+        if integer != xp.int64:  # labels, counters and dropout's counter-based bits need 64-bit integers
+            hint = ('; enable it with jax.config.update("jax_enable_x64", True) before creating arrays (float32 '
+                    'models stay float32)' if library == "jax" else "")
+            raise BackendError(f"{name} made {integer} arrays when asked for int64, which xpnn needs for labels "
+                               f"and dropout's counters{hint}")
         return cls(xp=xp, device=device, dtype_name=dtype, name=name, _library=library)
 
     # ------------------------------------------------------------------ dtypes
@@ -564,7 +572,10 @@ def _library_name(a: Any) -> str:
 
 
 def _probe_array(namespace: Any) -> Any:
-    creator = getattr(namespace, "asarray", None) or namespace.tensor
+    creator = getattr(namespace, "asarray", None) or getattr(namespace, "tensor", None)
+    if not callable(creator):
+        raise TypeError(f"Backend.from_namespace: expected an array library (a module such as numpy, torch or "
+                        f"array_api_strict), got {type(namespace).__name__} {namespace!r:.60}")
     return creator([0.0])
 
 

@@ -7,13 +7,14 @@ before any array is read, and only the arrays this model and optimizer can have 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .model import Sequential
 from .optim import Optimizer
-from .serialization import FormatError, open_npz, write_npz
+from .serialization import FormatError, open_npz, validate_header, write_npz
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -38,6 +39,9 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
     settings : dict
         The run's settings (JSON scalars), compared on resume.
     """
+    if getattr(optimizer, "model", None) is not model:
+        raise ValueError(f"save_checkpoint: the {type(optimizer).__name__} was made for another model, so its state "
+                         "would be restored into the wrong one; pass the optimizer that trains this model")
     be = model.backend
     arrays = {f"model.{k}": be.to_numpy(v) for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
@@ -47,6 +51,12 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
         "kind": "checkpoint", "config": model.config(), "epoch": epoch, "seed": model.seed,
         "optimizer": {"type": type(optimizer).__name__, **scalars}, "history": history, "settings": settings,
     }
+    try:  # what load_checkpoint would refuse is never written: the file would look like a good checkpoint
+        text = json.dumps(header)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"save_checkpoint: history and settings must hold JSON values (numbers, strings, lists, "
+                        f"dicts): {error}") from None
+    validate_header(json.loads(text), "checkpoint", "save_checkpoint")
     return write_npz(path, arrays, header)
 
 
@@ -64,7 +74,12 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
         When ``path`` does not exist.
     FormatError
         Naming the file: corrupted or crafted, or written for another architecture or optimizer.
+    ValueError
+        When ``optimizer`` was made for another model (checked before the file is read).
     """
+    if getattr(optimizer, "model", None) is not model:
+        raise ValueError(f"load_checkpoint: the {type(optimizer).__name__} was made for another model, so this "
+                         "model would get the weights and that one the optimizer state; pass this model's optimizer")
     with open_npz(path, "checkpoint") as npz:
         header = npz.header
         if _pooled_first(header["config"]) != _pooled_first(model.config()):

@@ -81,6 +81,11 @@ class DataError(FormatError):
     """A dataset file is missing, corrupted or inconsistent; the message names the file."""
 
 
+class SplitSizeError(DataError):
+    """A split the data is too small for (``val`` of a training set that has fewer samples): an argument, not the
+    files, is wrong, so the command line reports it as a usage error."""
+
+
 @dataclass
 class Dataset:
     """Samples as float32 rows (images flattened, pixels in [0, 1]) and integer labels, all NumPy arrays on the host.
@@ -364,6 +369,10 @@ def load_dataset(
         if data_dir is not None:
             folder = Path(data_dir)
             missing = [s for s in FILES.values() if not (folder / s).is_file() and not (folder / f"{s}.gz").is_file()]
+            odd = [folder / n for s in missing for n in (s, f"{s}.gz") if os.path.lexists(folder / n)]
+            if odd:  # the name is there, as a folder, FIFO or broken link: "missing" would send the user looking
+                raise DataError(f"{odd[0]}: not a regular file (a folder, a FIFO or a broken or looping symbolic "
+                                "link); --data-dir needs the four IDX files as files")
             raise DataError(f"{data_dir}: missing MNIST-layout files (need {', '.join(missing)}, .gz or raw)")
         if not download_missing:
             raise DataError(f"{name} not found (looked in {', '.join(looked)}) and downloading is off")
@@ -461,7 +470,7 @@ def _few(values: np.ndarray) -> str:
 def _split_validation(dataset: Dataset, val: int, seed: int) -> None:
     n = dataset.x_train.shape[0]
     if not 0 < val < n:
-        raise DataError(f"--val {val}: must be between 1 and {n - 1} (the training set has {n} samples)")
+        raise SplitSizeError(f"--val {val}: must be between 1 and {n - 1} (the training set has {n} samples)")
     order = np.random.default_rng([seed, 3]).permutation(n)
     keep, held = order[:-val], order[-val:]
     dataset.x_val, dataset.y_val = dataset.x_train[held], dataset.y_train[held]

@@ -30,6 +30,7 @@ import numpy as np
 
 from .data import DataError, Dataset, _classes, _few, _split_validation
 from .serialization import FormatError, read_arrays
+from .validation import check_real
 
 __all__ = ["DEFAULT_TEST_SIZE", "load_data_file"]
 
@@ -109,7 +110,8 @@ def load_data_file(path: str | os.PathLike, *, target: str | None = None, test_s
             raise DataError(f"{path}: y_test holds labels {_few(outside)} that are not among the {n_classes} "
                             f"training classes 0..{n_classes - 1}")
     else:
-        fraction = DEFAULT_TEST_SIZE if test_size is None else test_size
+        fraction = DEFAULT_TEST_SIZE if test_size is None else check_real(
+            "load_data_file", "test_size", test_size, low=0.0, high=1.0, low_open=True, high_open=True)
         _hold_out(arrays, fraction, path)
     name = path.name if suffix == ".npz" else f"{path.name} (label column {target!r})"
     dataset = Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], name=name,
@@ -322,10 +324,10 @@ def _explain_row(path: Path, line: int, cells: list[str], names: list[str]) -> N
             raise DataError(f"{where}: {_shown(text)} is not a number; feature columns must be numeric (use "
                             "--target to choose the label column)") from None
         if not np.isfinite(value):
-            raise DataError(f"{where}: {text} is not a finite number; missing values are not supported (fill or "
-                            "drop them)")
+            raise DataError(f"{where}: {_short(text)} is not a finite number; missing values are not supported "
+                            "(fill or drop them)")
         if abs(value) > _FLOAT32_MAX:
-            raise DataError(f"{where}: {text} is too large for float32")
+            raise DataError(f"{where}: {_short(text)} is too large for float32")
     raise DataError(f"{path}: line {line} cannot be read as numbers")  # float() and NumPy disagreed
 
 
@@ -340,18 +342,18 @@ def _csv_labels(path: Path, codes: np.ndarray, distinct: list[str], lines: list[
         values = [int(label) for label in distinct]
         if any(abs(v) >= 2**62 for v in values):
             at = first(lambda label: abs(int(label)) >= 2**62)
-            raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {distinct[at]} is far too large; "
-                            "classes are numbered 0..K-1")
+            raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {_short(distinct[at])} is far too "
+                            "large; classes are numbered 0..K-1")
         if min(values) < 0:
             at = first(lambda label: int(label) < 0)
-            raise DataError(f"{path}: line {lines[at]}, column {target!r}: negative label {distinct[at]}; classes "
-                            "are numbered from 0")
+            raise DataError(f"{path}: line {lines[at]}, column {target!r}: negative label {_short(distinct[at])}; "
+                            "classes are numbered from 0")
         y, names = np.array(values, dtype=np.int64)[codes], None
     elif all(_is_number(label) for label in distinct):
         at = first(lambda label: not _INTEGER.fullmatch(label))
-        raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {distinct[at]} is not a whole number; "
-                        "--data trains classifiers (labels are integers 0..K-1 or class names), not regressions; "
-                        "--target NAME chooses the label column")
+        raise DataError(f"{path}: line {lines[at]}, column {target!r}: label {_short(distinct[at])} is not a whole "
+                        "number; --data trains classifiers (labels are integers 0..K-1 or class names), not "
+                        "regressions; --target NAME chooses the label column")
     else:
         names = sorted(distinct)
         if len(names) < 2:
@@ -381,7 +383,12 @@ def _names(columns: list[str]) -> str:
 
 
 def _shown(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:37] + "...")
+    return repr(_short(text))
+
+
+def _short(text: str) -> str:
+    """A cell as a message shows it: long ones (a 300-digit number) cut to 40 characters."""
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---------------------------------------------------------------------- the test split

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .files import OutputError, check_outputs
 from .model import load
@@ -43,6 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    print(f"python -m xpnn.export: warning: {str(message).replace('export_onnx: ', '', 1)}", file=sys.stderr)
+
+
+def _newest_opset() -> int | None:
+    """The newest opset the installed onnx can write; None without onnx (the export then says how to install it)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return int(onnx.defs.onnx_opset_version())
+
+
 def _shape_argument(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.split(","))
@@ -60,11 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.opset < 13:
         parser.error(f"argument --opset: must be 13 or later, got {args.opset}")
+    newest = _newest_opset()
+    if newest is not None and args.opset > newest:
+        parser.error(f"argument --opset: this onnx knows opsets up to {newest}, got {args.opset}")
 
     def fail(message: str, code: int) -> int:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return code
 
+    if args.model == "":
+        return fail("MODEL: empty path; give a model file (model.save) or a checkpoint (xpnn-train --save)", 2)
     source = Path(args.model)
     if not source.is_file():
         reason = "is a directory" if source.is_dir() else "no such file" if not source.exists() else "not a file"
@@ -84,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(error).replace("export_onnx: ", "", 1).replace("output=", "--output ")
                     .replace("pass input_shape, e.g. input_shape=(1, 28, 28)", "pass --input-shape, e.g. 1,28,28"), 2)
     try:
-        written = export_onnx(model, args.output_file, output=args.output, opset=args.opset,
-                              input_shape=args.input_shape, dtype=args.dtype)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # export_onnx's warnings as one line, like the errors
+            written = export_onnx(model, args.output_file, output=args.output, opset=args.opset,
+                                  input_shape=args.input_shape, dtype=args.dtype)
     except OutputError as error:
         return fail(str(error), 2)
     except (ExportError, ImportError, OSError) as error:

@@ -108,6 +108,9 @@ def check_output(path: str | os.PathLike, flag: str | None = None) -> Path:
     elif str(path).endswith(("/", os.sep)):
         raise OutputError(f"{label} ends with '/', so it names a folder; give a file name inside it "
                           f"(such as {str(path).rstrip('/' + os.sep) or '.'}/out)")
+    if info is None and os.path.islink(path) and not real.parent.is_dir():
+        raise OutputError(f"{label} is a symbolic link to {real}, whose folder does not exist; create the folder "
+                          "or choose another path")
     ancestor = real.parent
     while not ancestor.exists():
         ancestor = ancestor.parent

@@ -106,6 +106,11 @@ def gradcheck(
 
         assign_param = None  # type: ignore[assignment]
     else:
+        if not isinstance(target, Layer):
+            raise TypeError(f"gradcheck: expected a Layer, Loss or Sequential, got {type(target).__name__}")
+        if target.backend is None:
+            raise ValueError(f"gradcheck: {target!r} has no parameters yet; build it first, e.g. "
+                             "layer.build(get_backend('cpu', dtype='float64'))")
         backend = target.backend
         params = dict(target.params)
         y = target.forward(x, train=train)

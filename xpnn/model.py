@@ -453,6 +453,9 @@ class Sequential:
             Naming the missing or unexpected keys (strict only), or a key whose value is not a floating
             array of the model's shape (always).
         """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError(f"{source}: expected a dict of name -> array, as state_dict() returns, got "
+                            f"{type(state).__name__}")
         own = self.state_dict()
         expected = {name: tuple(value.shape) for name, value in own.items()}
         optional = self._optional_keys()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,25 @@ def export_onnx(model: Sequential, path: str | os.PathLike, *, output: str | Non
         When the ``onnx`` package is not installed.
     """
     data = onnx_bytes(model, output=output, opset=opset, input_shape=input_shape, dtype=dtype)
+    if dtype == "float64" and (problem := _onnxruntime_refuses(data)):
+        warnings.warn(f"export_onnx: onnxruntime cannot run this float64 graph ({problem}); runtimes with "
+                      "float64 kernels for every operator can, or export with dtype='float32'", stacklevel=2)
     return write_file(path, lambda file: file.write(data))
+
+
+def _onnxruntime_refuses(data: bytes) -> str | None:
+    """Why the installed onnxruntime cannot load ``data`` (its CPU kernels lack float64 Conv, AveragePool, Elu,
+    ...), or None when it can or is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    try:
+        onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types are not importable by a stable name
+        text = str(error)
+        return text.split(" : ")[-1].strip() if "NOT_IMPLEMENTED" in text else text.splitlines()[0][:200]
+    return None
 
 
 def onnx_bytes(model: Sequential, *, output: str | None = None, opset: int = DEFAULT_OPSET,
@@ -262,6 +281,11 @@ def onnx_bytes(model: Sequential, *, output: str | None = None, opset: int = DEF
                               f"xpnn.register_onnx_rule({name}, rule) (see help(xpnn.register_onnx_rule))")
     onnx = _import_onnx()
     from onnx import helper, numpy_helper
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:  # else onnx's own "Unsupported opset-version." from deep inside
+        raise ExportError(f"export_onnx: opset {opset} is newer than this onnx {onnx.__version__} knows (up to "
+                          f"{newest}); pass an opset from 13 to {newest}")
 
     graph = OnnxGraph(np.dtype(dtype), helper, numpy_helper)
     x = graph._unique("input")
@@ -304,6 +328,8 @@ def _output_kind(model: Sequential, output: str | None) -> str:
 
 
 def _shapes(model: Sequential, input_shape: Sequence[int] | None) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    if isinstance(input_shape, int | np.integer) and not isinstance(input_shape, bool):
+        input_shape = (int(input_shape),)  # one feature count, as Standardize((4,)) takes 4
     shape = model.input_shape if input_shape is None else tuple(input_shape)
     if shape is None:
         raise ExportError("export_onnx: the model does not know its input shape; pass input_shape, "

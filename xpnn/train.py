@@ -35,7 +35,7 @@ from typing import Any
 from .backend import BackendError, get_backend
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, DataError, input_paths, load_dataset
+from .data import DATASETS, DataError, SplitSizeError, input_paths, load_dataset
 from .datafile import DEFAULT_TEST_SIZE, load_data_file
 from .distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from .files import OutputError, check_outputs, write_file
@@ -260,6 +260,8 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             if key not in given:
                 setattr(args, key, saved[key])
             elif _differs(getattr(args, key), saved[key]):
+                if key == "momentum" and saved.get("optimizer") != "momentum":
+                    continue  # the checkpoint's optimizer has no momentum: refused below, naming the real problem
                 if key in TUNABLE_SETTINGS:
                     tuned.append(f"{flag} {_show(getattr(args, key))} (checkpoint: {_show(saved[key])})")
                     continue
@@ -274,6 +276,14 @@ def apply_defaults(args: argparse.Namespace, given: set[str], saved: dict[str, A
             setattr(args, key, value)
     if args.init is None:
         args.init = default_init(args.activation)
+    if "momentum" in given and args.optimizer != "momentum":
+        fix = ("drop --momentum to continue the checkpoint's run" if saved is not None
+               else "add --optimizer momentum (SGD with momentum) or drop --momentum")
+        raise UsageError(f"--momentum is the coefficient of --optimizer momentum, and {args.optimizer} would ignore "
+                         f"it: {fix}")
+    if args.full_batch and "batch_size" in given and saved is None:  # base flags plus --full-batch: common
+        warnings.append(f"--batch-size {args.batch_size} is ignored: --full-batch takes the whole training set in "
+                        "every step")
     if args.model == "cnn" and "hidden" in given:
         raise UsageError("--hidden sets the MLP's layers; the CNN's are fixed (conv 32 and 64, dense 128): "
                          "drop --hidden or use --model mlp")
@@ -343,13 +353,18 @@ def check_settings(saved: Any, path: str) -> dict[str, Any]:
                                                  for v in value)
         elif key == "init" and value is None:
             ok = True
+        elif key == "device":  # a kind of device, as device_kind() writes it
+            ok = isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+        elif key == "processes":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         elif key in actions:
             ok = _accepted(actions[key], value)
         else:
             continue  # a setting of another xpnn version that this one does not use
         if not ok:
-            raise FormatError(f"{path}: the checkpoint's setting {key!r} = {value!r} is not a valid "
-                              f"--{key.replace('_', '-')}")
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            what = {"device": "device kind", "processes": "process count"}.get(key, "--" + key.replace("_", "-"))
+            raise FormatError(f"{path}: the checkpoint's setting {key!r} = {shown} is not a valid {what}")
     return saved
 
 
@@ -373,6 +388,8 @@ def _differs(value: Any, saved: Any) -> bool:
 
 
 def _show(value: Any) -> str:
+    if value is None:  # a flag left to its default
+        return "(default)"
     if isinstance(value, list):
         return ",".join(map(str, value))
     return "(on)" if value is True else "(off)" if value is False else str(value)
@@ -393,7 +410,8 @@ def data_fingerprint(x: Any, y: Any, class_names: Sequence[str] | None = None) -
 class Run:
     """Everything one invocation builds, so that the steps below stay short."""
 
-    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None, comm: Any = None):
+    def __init__(self, args: argparse.Namespace, saved: dict[str, Any] | None = None, comm: Any = None,
+                 given: set[str] | None = None):
         self.args = args
         self.comm = Local() if comm is None else comm
         quiet = args.quiet or not self.comm.is_root
@@ -411,16 +429,20 @@ class Run:
             # The checkpoint's number does not fit this device or machine (a NumPy run resumed on torch, say):
             # like every machine setting, it gives way to what this one does best, with the warning below.
             args.workers = resolve_workers(AUTO, self.backend, PROG, option="--workers", processes=self.comm.size)
-        if args.data_file is not None:
-            try:
-                self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
-                                           val=args.val, seed=args.seed)
-            except DataError:
-                raise
-            except ValueError as error:  # a flag the file contradicts (--target for an .npz, ...)
-                raise UsageError(str(error)) from None
-        else:
-            self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed, quiet=args.quiet)
+        try:
+            if args.data_file is not None:
+                try:
+                    self.data = load_data_file(args.data_file, target=args.target, test_size=args.test_size,
+                                               val=args.val, seed=args.seed)
+                except DataError:
+                    raise
+                except ValueError as error:  # a flag the file contradicts (--target for an .npz, ...)
+                    raise UsageError(str(error)) from None
+            else:
+                self.data = load_dataset(args.dataset, args.data_dir, val=args.val, seed=args.seed,
+                                         quiet=args.quiet)
+        except SplitSizeError as error:  # --val as large as the training set
+            raise UsageError(str(error)) from None
         self.fingerprint = data_fingerprint(self.data.x_train, self.data.y_train, self.data.class_names)
         if saved is not None and saved.get("data", self.fingerprint) != self.fingerprint:
             source = (f"--data {args.data_file}" if args.data_file is not None
@@ -428,8 +450,13 @@ class Run:
             raise UsageError(f"--resume: the checkpoint was trained on other data than {source} (--val {args.val}); "
                              f"point {'--data' if args.data_file is not None else '--data-dir'} at the same files")
         n = self.data.x_train.shape[0]
-        if not args.full_batch and args.batch_size > n:
+        chosen = given is None or "batch_size" in given  # the default (or a checkpoint's) takes a small set whole
+        if not args.full_batch and args.batch_size > n and chosen:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n} samples)")
+        if min(n if args.full_batch else args.batch_size, n) < self.comm.size:  # every rank needs a sample
+            what = "the training set" if args.full_batch or args.batch_size >= n else f"--batch-size {args.batch_size}"
+            raise UsageError(f"{what} is smaller than the number of processes ({self.comm.size}), so some would have "
+                             f"no sample; use --batch-size {self.comm.size} or more, or fewer processes")
         try:
             self.model = self.build_model()
         except ValueError as error:  # e.g. a CNN whose pooling windows do not fit the images
@@ -534,7 +561,7 @@ class Run:
             kind = "-".join(str(s) for s in [d.n_features, *a.hidden, d.n_classes]) + f" {a.activation} MLP"
         if a.standardize:
             kind += " (standardized inputs)"
-        batch = "full batch" if a.full_batch else f"batch {a.batch_size}"
+        batch = "full batch" if a.full_batch else f"batch {min(a.batch_size, d.x_train.shape[0])}"
         ranks = f" x {self.comm.size} processes" if self.comm.size > 1 else ""
         ranks += f" x {a.workers} workers" if a.workers > 1 else ""
         return (f"{kind} ({self.model.n_parameters:,} parameters) on {d.name} "
@@ -562,21 +589,48 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's notice, ``docker stop``), ended like a Ctrl-C: exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (one process only: under MPI the
+    launcher ends every rank at once, and a rank leaving a collective on its own would hang the others)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it once the block is done.
+    """Hold a Ctrl-C (SIGINT), or a SIGTERM turned into one, that arrives inside the block and raise it once the
+    block is done.
 
     So the files on disk and what the run reports about them always agree.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *frame: received.append(frame))
+    received: list[int] = []
+    held = [signal.SIGINT] + ([signal.SIGTERM] if signal.getsignal(signal.SIGTERM) is _on_sigterm else [])
+    previous = {number: signal.signal(number, lambda number, frame: received.append(number)) for number in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if signal.SIGTERM in received:
+        raise Terminated
     if received:
         raise KeyboardInterrupt
 
@@ -723,6 +777,10 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
         except ImportError:
             raise ValueError("--plot needs matplotlib; install it with pip install matplotlib") from None
     given = set() if given is None else given
+    for flag, path, what in (("--resume", args.resume, "checkpoint file"), ("--data-dir", args.data_dir, "folder"),
+                             ("--data", args.data_file, ".npz or .csv file")):
+        if path == "":
+            raise UsageError(f"{flag}: empty path; give a {what} or drop the flag")
     saved = None
     if args.resume:
         _, header = read_npz(args.resume, "checkpoint")
@@ -732,6 +790,10 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
     refused: UsageError | None = None
     try:
         check_data_flags(args, given)
+        if saved is not None and args.data_file is None and isinstance(saved.get("data_file"), str):
+            flags = " and ".join(f"--{key.replace('_', '-')}" for key in ("dataset", "data_dir") if key in given)
+            raise UsageError(f"--resume: the checkpoint was trained on --data {saved['data_file']}, not on an "
+                             f"MNIST-layout dataset; drop {flags} to train on that file again")
         notes = apply_defaults(args, given, saved)
         if saved is not None:
             _check_epochs_left(args, given or set(), saved, header["epoch"])
@@ -744,9 +806,9 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
     keep_earlier_save = claim_save(args, comm, cleanup)
     if refused is not None:
         raise refused
-    for warning in notes:  # once the outputs are accepted: a refused run says only why
+    run = Run(args, saved, comm, given)
+    for warning in notes:  # once the outputs, data and model are accepted: a refused run says only why
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    run = Run(args, saved, comm)
     if (note := run.machine_warning(saved)) and run.comm.is_root:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.resume:
@@ -764,14 +826,15 @@ def _train(args: argparse.Namespace, given: set[str] | None, comm: Any, cleanup:
         history = run.trainer.fit(run.inputs(data.x_train), data.y_train, epochs=args.epochs, eval_sets=eval_sets,
                                   callbacks=[_EpochEnd(run)], initial_epoch=run.start_epoch,
                                   verbose=not args.quiet, progress=not args.quiet)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         rows = run.trainer.history
         done = rows[-1]["epoch"] if len(rows) > run.resumed_rows else run.start_epoch  # resumed rows may be few
-        print(f"\ninterrupted in epoch {done + 1}", file=sys.stderr)
+        terminated = isinstance(interrupt, Terminated)
+        print(f"\n{'terminated' if terminated else 'interrupted'} in epoch {done + 1}", file=sys.stderr)
         if args.save and run.saved_epoch is not None:
             print(f"checkpoint after epoch {run.saved_epoch} is in {args.save}; "
                   f"continue with --resume {args.save}", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
     except DivergenceError as error:
         smaller = f"--lr {args.lr / 10:g}"
         if args.save and run.saved_epoch is not None:
@@ -836,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         return 2
     held, usage = io.StringIO(), False
-    with _quiet_unless(comm.is_root, held), warnings.catch_warnings():
+    with _quiet_unless(comm.is_root, held), warnings.catch_warnings(), _sigterm_as_interrupt(comm.size == 1):
         warnings.showwarning = _one_line_warning
         try:
             code = _main(parser, args, argv, comm)
@@ -867,9 +930,10 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[
     except BackendError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"\n{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except LayerTooLargeError as error:  # a size flag too large for this machine, found before allocating
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

@@ -250,7 +250,7 @@ class Trainer:
         if (self.full_batch_of or batch) < comm.size:
             raise ValueError(f"batch size {batch} is smaller than the number of processes ({comm.size})")
         if self.schedule is not None:
-            self.optimizer.lr = self.base_lr * self.schedule(index)
+            self.optimizer.lr = self.base_lr * _schedule_factor(self.schedule, index)
         order = None
         if batch < n:  # a full batch sums over every sample whatever their order: nothing to shuffle
             order = be.asarray(np.random.default_rng([self.seed, SHUFFLE_STREAM, index]).permutation(n))
@@ -655,3 +655,13 @@ def _restore_checks(model: Sequential, checking: bool) -> Iterator[None]:
         yield
     finally:
         model.check_values = checking
+
+
+def _schedule_factor(schedule: Callable[[int], float], epoch: int) -> float:
+    """``schedule(epoch)``, refused unless a finite number >= 0 (a negative factor would climb the loss)."""
+    factor = schedule(epoch)
+    if isinstance(factor, bool) or not isinstance(factor, int | float | np.floating | np.integer) \
+            or not (math.isfinite(factor) and factor >= 0):
+        raise ValueError(f"fit: schedule({epoch}) returned {factor!r}; a schedule gives each 0-based epoch a finite "
+                         "learning-rate factor >= 0 (1.0 keeps the optimizer's lr)")
+    return float(factor)

@@ -69,6 +69,7 @@ class Standardize(Layer):
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         self._require_built()
+        self.output_shape(tuple(x.shape[1:]))  # else NumPy broadcasts (N, 5) against (4,) or, worse, (N, 1)
         return (x - self.buffers["mean"]) / self.buffers["std"]
 
     def backward(self, dy: Any) -> Any:
