@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
 import threading
 import time
 
@@ -282,10 +281,11 @@ def test_cli_workers_default_to_the_usable_cores(tmp_path, tiny_idx):
     checkpoint = tmp_path / "auto.npz"
     result = cli("--data-dir", tiny_idx, "--model", "cnn", "--epochs", "1", "--batch-size", "32", "--save", checkpoint)
     assert result.returncode == 0, result.stderr
-    cores = len(os.sched_getaffinity(0))
-    assert f"x {cores} workers" in result.stdout
     _, header = xpnn.serialization.read_npz(checkpoint, "checkpoint")
-    assert header["settings"]["workers"] == cores
+    model = xpnn.load(checkpoint)
+    expected = xpnn.parallel.auto_workers(model.backend, 1, model, 32)
+    assert header["settings"]["workers"] == expected and isinstance(expected, int)
+    assert (f"x {expected} workers" in result.stdout) == (expected > 1)
     same = cli("--data-dir", tiny_idx, "--resume", checkpoint, "--epochs", "2", "--workers", "auto")
     assert same.returncode == 0 and "worker" not in same.stderr, same.stderr
     torch_run = cli("--data-dir", tiny_idx, "--epochs", "1", "--batch-size", "32", "--device", "torch")
@@ -296,16 +296,31 @@ def test_cli_workers_default_to_the_usable_cores(tmp_path, tiny_idx):
         on_torch = cli("--data-dir", tiny_idx, "--resume", checkpoint, "--epochs", "2", "--device", "torch",
                        "--save", tmp_path / "torch.npz")
         assert on_torch.returncode == 0, on_torch.stderr
-        (warning,) = [line for line in on_torch.stderr.splitlines() if "worker" in line]
-        assert "resuming on torch (the checkpoint was trained on numpy) and with 1 worker" in warning
+        (warning,) = [line for line in on_torch.stderr.splitlines() if "resuming on torch" in line]
+        assert "resuming on torch (the checkpoint was trained on numpy)" in warning
+        assert ("and with 1 worker" in warning) == (expected > 1)
         explicit = cli("--data-dir", tiny_idx, "--resume", checkpoint, "--epochs", "2", "--device", "torch",
                        "--workers", "2", "--save", tmp_path / "torch2.npz")
         assert explicit.returncode == 2 and "use --workers 1" in explicit.stderr  # typed by the user: refused
 
 
+def test_auto_workers_share_only_steps_large_enough(monkeypatch):
+    """auto: the CNN at batch 128 and any full batch are shared; the MLP at batch 128 is too short a step."""
+    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 2)
+    be = xpnn.get_backend("cpu")
+    net, conv = xpnn.mlp([784, 256, 128, 10], backend=be), xpnn.cnn(backend=be)
+    assert xpnn.parallel.auto_workers(be, 1, net, 128) == 1
+    assert xpnn.parallel.auto_workers(be, 1, net, None) == 2  # full batch
+    assert xpnn.parallel.auto_workers(be, 1, net, 2048) == 2
+    assert xpnn.parallel.auto_workers(be, 1, conv, 128) == 2
+    assert xpnn.parallel.auto_workers(be, 2, conv, 128) == 1  # MPI ranks share the cores already
+    assert Trainer(net, xpnn.optim.SGD(net, lr=0.1), batch_size=128).workers == 1
+    assert Trainer(conv, xpnn.optim.SGD(conv, lr=0.1), batch_size=128).workers == 2
+
+
 def test_auto_workers_follow_backend_cores_and_processes(monkeypatch):
     numpy_model = small_cnn(xpnn.get_backend("cpu"))
-    assert Trainer(numpy_model, xpnn.optim.SGD(numpy_model, lr=0.1)).workers == 4  # four_cores: the default
+    assert Trainer(numpy_model, xpnn.optim.SGD(numpy_model, lr=0.1), batch_size=None).workers == 4  # four_cores
     assert xpnn.fit.__kwdefaults__["workers"] == "auto"
     assert xpnn.parallel.auto_workers(numpy_model.backend, processes=2) == 1  # MPI ranks share the cores
     monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 1)

@@ -274,6 +274,6 @@ def test_a_checkpoint_of_more_workers_than_this_machine_has_resumes_with_its_own
     result = cli("--data-dir", dataset, *BASE, "--epochs", "3", "--resume", crafted, "--save", crafted)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if "--epochs 3" not in line]
-    assert len(lines) == 1 and "workers (the checkpoint was trained with 64 workers)" in lines[0]
+    assert len(lines) == 1 and "(the checkpoint was trained with 64 workers)" in lines[0]
     result = cli("--data-dir", dataset, *BASE, "--epochs", "4", "--resume", crafted, "--workers", "64")
     assert result.returncode == 2 and "--workers 64" in one_error_line(result)

@@ -420,15 +420,16 @@ class Run:
             self.backend = get_backend(rank_device(args.device, self.comm))
         except ValueError as error:
             raise UsageError(f"--device: {error}") from None
-        try:  # before the data is loaded (or downloaded); the checkpoint keeps the number, not "auto"
-            args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
-                                           processes=self.comm.size)
+        try:  # a number is checked before the data is loaded (or downloaded); the Trainer resolves "auto"
+            if args.workers != AUTO:
+                args.workers = resolve_workers(args.workers, self.backend, PROG, option="--workers",
+                                               processes=self.comm.size)
         except (ValueError, ImportError) as error:
             if not getattr(args, "workers_from_checkpoint", False):
                 raise UsageError(str(error)) from None
             # The checkpoint's number does not fit this device or machine (a NumPy run resumed on torch, say):
             # like every machine setting, it gives way to what this one does best, with the warning below.
-            args.workers = resolve_workers(AUTO, self.backend, PROG, option="--workers", processes=self.comm.size)
+            args.workers = AUTO
         try:
             if args.data_file is not None:
                 try:
@@ -473,6 +474,7 @@ class Run:
                                    comm=self.comm, cuda_graphs=args.cuda_graphs, workers=args.workers)
         except ValueError as error:
             raise UsageError(str(error)) from None
+        args.workers = self.trainer.workers  # the checkpoint keeps the number, not "auto"
         self.start_epoch = 0
         self.resumed_rows = 0
         self.saved_epoch: int | None = None

@@ -153,7 +153,8 @@ class Trainer:
         #: The captured step (:class:`xpnn.graphs.StepGraph`) that full batches replay, or None (eager steps).
         self.graph = make_step_graph(cuda_graphs, model, optimizer, self.comm)
         #: Threads that share each batch (:mod:`xpnn.parallel`), ``"auto"`` resolved.
-        self.workers = resolve_workers(workers, model.backend, "Trainer", processes=self.comm.size)
+        self.workers = resolve_workers(workers, model.backend, "Trainer", processes=self.comm.size, model=model,
+                                       batch_size=batch_size)
         #: The :class:`xpnn.parallel.ThreadWorkers` that run them, or None with one worker.
         self.parallel = ThreadWorkers(model, self.workers) if self.workers > 1 else None
 
