@@ -115,13 +115,7 @@ def open_npz(path: str | os.PathLike, kind: str | tuple[str, ...]) -> NpzFile:
         not fit the schema of ``kind``.
     """
     path = Path(path)
-    if not path.is_file():
-        reason = "is a directory" if path.is_dir() else "no such file" if not path.exists() else "not a regular file"
-        raise FileNotFoundError(f"{path}: {reason}")
-    try:
-        archive = zipfile.ZipFile(path)
-    except _ZIP_ERRORS as error:
-        raise FormatError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    archive = _open_zip(path)
     try:
         members = _check_members(path, archive)
         npz = NpzFile(path, archive, members)
@@ -162,13 +156,7 @@ def read_arrays(path: str | os.PathLike, expected: dict[str, tuple[str, str]], r
         Naming the file and the member, for anything else.
     """
     path = Path(path)
-    if not path.is_file():
-        reason = "is a directory" if path.is_dir() else "no such file" if not path.exists() else "not a regular file"
-        raise FileNotFoundError(f"{path}: {reason}")
-    try:
-        archive = zipfile.ZipFile(path)
-    except _ZIP_ERRORS as error:
-        raise FormatError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    archive = _open_zip(path)
     with archive:
         members = _check_members(path, archive, expected)
         missing = [name for name in required if name not in members]
@@ -183,6 +171,17 @@ def read_arrays(path: str | os.PathLike, expected: dict[str, tuple[str, str]], r
                               f"{memory / 2**30:,.1f} GiB of memory")
         npz = NpzFile(path, archive, members)
         return npz.read(members)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """``path`` opened as a zip archive; FileNotFoundError unless it is a regular file, FormatError unless a zip."""
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "no such file" if not path.exists() else "not a regular file"
+        raise FileNotFoundError(f"{path}: {reason}")
+    try:
+        return zipfile.ZipFile(path)
+    except _ZIP_ERRORS as error:
+        raise FormatError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
 
 
 def _check_members(path: Path, archive: zipfile.ZipFile, expected: dict[str, tuple[str, str]] | None = None
