@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import xpnn
 from bench.implementations import cnn_images, load_data
-from xpnn.trainer import Trainer
+from xpnn.training.trainer import Trainer
 
 LR = 1e-3
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from implementations import LR, SIZES, load_data
 
 import xpnn
-from xpnn.distributed import communicator
+from xpnn.runtime.distributed import communicator
 
 EPOCH, QUIT, ALLREDUCE = 1, 0, 2
 ORDERS = {"epoch": EPOCH, "allreduce": ALLREDUCE}

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import xpnn
 from bench.implementations import load_data
-from xpnn.layers import Dropout
-from xpnn.trainer import Trainer
+from xpnn.nn.layers import Dropout
+from xpnn.training.trainer import Trainer
 
 SHAPES = ((128, 256), (128, 128))
 STEPS = 469  # ceil(60,000 / 128)

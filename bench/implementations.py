@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import xpnn
-from xpnn.backend import BackendError
+from xpnn.core.backend import BackendError
 
 SIZES = (784, 256, 128, 10)
 LR = 0.01
@@ -360,7 +360,7 @@ def workers_available(backend_name: str) -> None:
         raise LookupError("workers > 1 pays only on NumPy; the default is 1 worker here")
     if importlib.util.find_spec("threadpoolctl") is None:
         raise LookupError("threadpoolctl is not installed (pip install '.[threads]'): the default is 1 worker")
-    if xpnn.parallel.usable_cores() < 2:
+    if xpnn.runtime.parallel.usable_cores() < 2:
         raise LookupError("one core: the default is 1 worker")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from implementations import epoch_flops, rounds
 
-from xpnn.distributed import mpirun_command
+from xpnn.runtime.distributed import mpirun_command
 
 FULL = 60_000
 WORKER = Path(__file__).with_name("distributed_worker.py")

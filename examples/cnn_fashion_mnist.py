@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 
 import xpnn
-from xpnn.data import load_dataset
+from xpnn.io.data import load_dataset
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import xpnn
-from xpnn.data import load_dataset
+from xpnn.io.data import load_dataset
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import xpnn
-from xpnn.data import DataError
-from xpnn.datafile import load_data_file
+from xpnn.io.data import DataError
+from xpnn.io.datafile import load_data_file
 
 
 def write_example_csv(path: Path) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 import xpnn
-from xpnn.gradcheck import gradcheck
-from xpnn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
-from xpnn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
+from xpnn.model.gradcheck import gradcheck
+from xpnn.nn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+from xpnn.nn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 
 
 def main() -> None:

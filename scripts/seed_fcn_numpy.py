@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import xpnn
-from xpnn.data import load_dataset
+from xpnn.io.data import load_dataset
 from xpnn.optim import SGD
 
 SIZES = [784, 256, 128, 10]

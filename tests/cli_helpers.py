@@ -42,4 +42,4 @@ def metrics(path: Path) -> list[dict]:
 
 
 def checkpoint_state(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    return xpnn.serialization.read_npz(path, "checkpoint")
+    return xpnn.io.serialization.read_npz(path, "checkpoint")

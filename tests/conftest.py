@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.backend import Backend, BackendError
+from xpnn.core.backend import Backend, BackendError
 
 BACKENDS = ["numpy", "strict", "strict-device1", "torch", "cupy", "torch-cuda"]
 # Further conforming libraries, tested by tests/test_array_libraries.py (a train step and float64 gradient
@@ -85,7 +85,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _leave_this_process_heap_alone(monkeypatch):
     """Tests that call the command line in this process must not change pytest's own malloc settings
-    (xpnn.heap); tests/test_heap.py checks the real thing in fresh processes."""
-    import xpnn.train
+    (xpnn.runtime.heap); tests/test_heap.py checks the real thing in fresh processes."""
+    import xpnn.cli.train
 
-    monkeypatch.setattr(xpnn.train, "retain_freed_memory", lambda: False)
+    monkeypatch.setattr(xpnn.cli.train, "retain_freed_memory", lambda: False)

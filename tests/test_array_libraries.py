@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.gradcheck import gradcheck
-from xpnn.layers import Affine, AvgPool2d, Conv2d, Flatten, MaxPool2d, ReLU
+from xpnn.model.gradcheck import gradcheck
+from xpnn.nn.layers import Affine, AvgPool2d, Conv2d, Flatten, MaxPool2d, ReLU
 
 from .conftest import MORE_BACKENDS, make_backend
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.backend import BackendError, get_backend
+from xpnn.core.backend import BackendError, get_backend
 
 
 def test_import_pulls_in_neither_cupy_nor_torch():
@@ -88,7 +88,7 @@ def test_public_api_names():
 
 
 def test_zero_like_is_made_once_per_library_dtype_and_device(backend):
-    from xpnn.backend import zero_like
+    from xpnn.core.backend import zero_like
 
     x = backend.ones((3,))
     zero = zero_like(x)

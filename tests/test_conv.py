@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.gradcheck import gradcheck
-from xpnn.layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, MaxPool2d
+from xpnn.model.gradcheck import gradcheck
+from xpnn.nn.layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, MaxPool2d
 
 TOLERANCE = 1e-6
 EXACT = 1e-10
@@ -452,7 +452,7 @@ def test_cnn_learns_real_fashion_mnist_subset():
                           ((1, 1), (1, 1), (3, 4), 4), ((3, 3), (1, 1), (6, 5), 1)])
 def test_strided_unfold_equals_the_generic_reference(backend, rng, kernel, stride, size, channels):
     """Where a library has a strided fast path (NumPy, CuPy) it copies exactly what the generic slices copy."""
-    from xpnn.layers.conv import output_size, unfold
+    from xpnn.nn.layers.conv import output_size, unfold
 
     x = backend.asarray(rng.standard_normal((3, *size, channels)))
     out = output_size(size, kernel, stride)
@@ -482,6 +482,6 @@ def test_a_crafted_input_shape_is_a_format_error(tmp_path, shape):
     model = xpnn.cnn([1, 4], [3], image_size=8, seed=0)
     arrays = {name: np.asarray(value) for name, value in model.state_dict().items()}
     config = {**model.config(), "input_shape": shape}
-    path = xpnn.serialization.write_npz(tmp_path / "bad.npz", arrays, {"kind": "model", "config": config, "seed": 0})
+    path = xpnn.io.serialization.write_npz(tmp_path / "bad.npz", arrays, {"kind": "model", "config": config, "seed": 0})
     with pytest.raises(xpnn.FormatError, match="input_shape"):
         xpnn.load(path)

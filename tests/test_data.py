@@ -13,7 +13,7 @@ import pytest
 
 from tests.idx import idx_bytes, make_dataset, write_idx
 from xpnn import data
-from xpnn.data import DataError, download, load_dataset, read_idx
+from xpnn.io.data import DataError, download, load_dataset, read_idx
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])

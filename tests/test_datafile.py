@@ -1,4 +1,4 @@
-"""Your own data from one file (xpnn.datafile): .npz arrays and .csv tables, and every bad file refused in one line."""
+"""Your own data from one file (xpnn.io.datafile): .npz arrays and .csv tables, every bad file refused in one line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from xpnn.data import DataError
-from xpnn.datafile import load_data_file
+from xpnn.io.data import DataError
+from xpnn.io.datafile import load_data_file
 
 
 def write_csv(path, text: str):

@@ -19,8 +19,8 @@ import pytest
 
 import xpnn
 from tests.cli_helpers import pythonpath
-from xpnn import distributed
-from xpnn.distributed import DistributedError, Local, MPICommunicator
+from xpnn.runtime import distributed
+from xpnn.runtime.distributed import DistributedError, Local, MPICommunicator
 
 # The manual training loop both ranks run: the trainer's hooks, in the trainer's order. Batches of 16, 16,
 # 16, 3 and 1 samples: the 3 splits 1 + 2 between the ranks, the 1 leaves rank 0 an empty shard.
@@ -35,7 +35,7 @@ STEPS_SCRIPT = "import numpy as np\n" + DATA + """
 import sys
 from pathlib import Path
 import xpnn
-from xpnn.distributed import communicator
+from xpnn.runtime.distributed import communicator
 from tests.cli_helpers import ROOT, pythonpath
 
 out = Path(sys.argv[1])
@@ -142,7 +142,7 @@ def test_sum_and_any_agree_on_every_rank(two_rank_run):
 
 FAULT_SCRIPT = """
 import os, signal, sys, time
-from xpnn.distributed import communicator
+from xpnn.runtime.distributed import communicator
 comm = communicator()
 if comm.rank == 1:
     time.sleep(0.2)
@@ -168,7 +168,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(failure):
 
 FINISH_SCRIPT = """
 import sys
-from xpnn.distributed import communicator
+from xpnn.runtime.distributed import communicator
 comm = communicator()
 codes = {"all": (2, 2), "one": (0, 3)}[sys.argv[1]]
 sys.exit(comm.finish(codes[comm.rank], timeout=float(sys.argv[2])))
@@ -187,7 +187,7 @@ def test_finish_leaves_with_the_error_without_waiting_for_the_timeout(case, expe
 def test_finish_aborts_when_another_rank_never_arrives():
     script = """
 import sys
-from xpnn.distributed import communicator
+from xpnn.runtime.distributed import communicator
 comm = communicator()
 if comm.rank == 1:
     sys.exit(comm.finish(4, timeout=1))
@@ -201,7 +201,7 @@ def test_under_mpirun_without_mpi4py_the_job_fails_saying_how_to_install_it(tmp_
     blocker = tmp_path / "mpi4py"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('No module named mpi4py (blocked by the test)')\n")
-    script = "from xpnn.distributed import communicator; communicator()"
+    script = "from xpnn.runtime.distributed import communicator; communicator()"
     result = mpirun(script, timeout=60, env={"PYTHONPATH": pythonpath(tmp_path)})
     assert result.returncode != 0
     # mpirun ends the job at the first failing rank: the other may not have printed yet
@@ -217,7 +217,7 @@ def run_python(code: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_import_xpnn_and_one_process_never_import_mpi4py():
-    code = ("import sys, xpnn, xpnn.distributed as d; c = d.communicator(); "
+    code = ("import sys, xpnn, xpnn.runtime.distributed as d; c = d.communicator(); "
             "print(type(c).__name__, 'mpi4py' in sys.modules)")
     assert run_python(code) == "Local False"
     # mpirun -n 1 is one process too
@@ -362,15 +362,15 @@ def test_an_unknown_transport_is_refused():
 CLI_SCRIPT = """
 import json, sys
 from pathlib import Path
-import xpnn.files, xpnn.serialization, xpnn.train as cli
-from xpnn.distributed import launcher_environment
+import xpnn.io.files, xpnn.io.serialization, xpnn.cli.train as cli
+from xpnn.runtime.distributed import launcher_environment
 
 writes = []
 def recorded(path, *args, **kwargs):
     writes.append(Path(path).name)
     return write_file(path, *args, **kwargs)
-write_file = xpnn.files.write_file  # every writer goes through it, under this name or another
-for module in (xpnn.files, xpnn.serialization, cli):
+write_file = xpnn.io.files.write_file  # every writer goes through it, under this name or another
+for module in (xpnn.io.files, xpnn.io.serialization, cli):
     for name in ("write_file", "atomic_write"):
         if getattr(module, name, None) is write_file:
             setattr(module, name, recorded)
@@ -399,7 +399,7 @@ def cli_on_ranks(dataset: Path, out: Path, *flags: str, n: int = 2) -> subproces
 
 
 def cli_in_process(dataset: Path, *flags: str) -> int:
-    from xpnn import train as cli
+    from xpnn.cli import train as cli
 
     return cli.main(["--data-dir", str(dataset), "--quiet", *flags])
 

@@ -31,7 +31,7 @@ def test_the_pages_have_code_to_run():
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
     import xpnn
-    from xpnn import onnx_export
+    from xpnn.model import onnx as onnx_export
 
     monkeypatch.chdir(tmp_path)
     # Layers a page defines (found by class name when a model loads) and its ONNX rules stay on the page, so that
@@ -92,8 +92,8 @@ def test_the_cli_page_lists_every_flag():
         from xpnn_cli import parser_markdown
     finally:
         sys.path.remove(str(DOCS / "_ext"))
-    from xpnn.export import _parser as export_parser
-    from xpnn.train import build_parser
+    from xpnn.cli.export import _parser as export_parser
+    from xpnn.cli.train import build_parser
 
     for parser, least in ((build_parser(), 20), (export_parser(), 4)):
         text = "\n".join(parser_markdown(parser))
@@ -104,7 +104,7 @@ def test_the_cli_page_lists_every_flag():
                 assert f"```{{option}} {flag}" in text, flag
     assert "(default: 128)" in "\n".join(parser_markdown(build_parser()))
     page = (DOCS / "cli.md").read_text()
-    assert "```{xpnn-cli} xpnn.train:build_parser" in page and "```{xpnn-cli} xpnn.export:_parser" in page
+    assert "```{xpnn-cli} xpnn.cli.train:build_parser" in page and "```{xpnn-cli} xpnn.cli.export:_parser" in page
 
 
 def test_the_link_checker_finds_broken_links(tmp_path):
@@ -156,7 +156,7 @@ def test_every_documented_command_line_parses():
     """Each ``python -m xpnn.train ...`` in a bash block of the pages uses flags the parser accepts."""
     import shlex
 
-    from xpnn.train import build_parser
+    from xpnn.cli.train import build_parser
 
     found = 0
     for page in [*PAGES, ROOT / "CONTRIBUTING.md"]:

@@ -11,11 +11,19 @@ import pytest
 
 import xpnn
 from tests.conftest import make_backend
-from xpnn.backend import COUNTER_BITS_C, MASK32, _numpy_dropout_mask, counter_bits, dropout_threshold, mix32, seed_key
-from xpnn.checkpoint import load_checkpoint, save_checkpoint
-from xpnn.layers import Dropout
-from xpnn.layers.dropout import global_rows
-from xpnn.trainer import Trainer
+from xpnn.core.backend import (
+    COUNTER_BITS_C,
+    MASK32,
+    _numpy_dropout_mask,
+    counter_bits,
+    dropout_threshold,
+    mix32,
+    seed_key,
+)
+from xpnn.nn.layers import Dropout
+from xpnn.nn.layers.dropout import global_rows
+from xpnn.training.checkpoint import load_checkpoint, save_checkpoint
+from xpnn.training.trainer import Trainer
 
 LIBRARIES = ["numpy", "torch", "strict"]
 
@@ -149,7 +157,7 @@ def _params(trainer):
 
 def test_two_workers_train_with_the_masks_of_one():
     pytest.importorskip("threadpoolctl")
-    if xpnn.parallel.usable_cores() < 2:
+    if xpnn.runtime.parallel.usable_cores() < 2:
         pytest.skip("one core: workers=2 is refused")
     x, y = _data()
     runs = []
@@ -183,7 +191,7 @@ def test_models_and_checkpoints_saved_before_dropout_counted_steps_still_load(tm
     state = {k: v for k, v in trainer.model.state_dict().items() if not k.endswith((".seed", ".step"))}
     assert trainer.model.load_state_dict(state) == ([], [])
     save_checkpoint(tmp_path / "new.npz", trainer.model, trainer.optimizer, 1, [], {})
-    from xpnn.serialization import open_npz, write_npz
+    from xpnn.io.serialization import open_npz, write_npz
 
     with open_npz(tmp_path / "new.npz", "checkpoint") as npz:
         header, arrays = npz.header, npz.read(npz.shapes)

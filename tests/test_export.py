@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.export import main
-from xpnn.layers import (
+from xpnn.cli.export import main
+from xpnn.model.onnx import ExportError, register_onnx_rule
+from xpnn.nn.layers import (
     ELU,
     Affine,
     AvgPool2d,
@@ -27,8 +28,7 @@ from xpnn.layers import (
     Standardize,
     Tanh,
 )
-from xpnn.losses import BCEWithLogits, MeanSquaredError
-from xpnn.onnx_export import ExportError, register_onnx_rule
+from xpnn.nn.losses import BCEWithLogits, MeanSquaredError
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx (pip install onnx onnxruntime)")
 ort = pytest.importorskip("onnxruntime", reason="running exported models needs onnxruntime")
@@ -238,7 +238,7 @@ def test_registered_rules_export_custom_layers_with_and_without_weights(tmp_path
         names = {t.name for t in onnx.load(str(path)).graph.initializer}
         assert names == {"0.W", "0.b", "2.s", "3.W", "3.b"}  # named as in state_dict
     finally:
-        from xpnn.onnx_export import _RULES
+        from xpnn.model.onnx import _RULES
 
         _RULES.pop(Swish, None), _RULES.pop(Scale, None)
 
@@ -269,7 +269,7 @@ def test_export_replaces_atomically_and_a_failed_export_keeps_the_old_file(tmp_p
 
 
 def test_output_that_is_a_directory_is_refused(tmp_path):
-    with pytest.raises(xpnn.files.OutputError, match="directory"):
+    with pytest.raises(xpnn.io.files.OutputError, match="directory"):
         xpnn.mlp([3, 2]).to_onnx(tmp_path)
 
 
@@ -303,7 +303,7 @@ def test_cli_exports_a_model_file(saved_cnn, tmp_path, capsys):
 
 
 def test_cli_exports_the_model_of_a_training_checkpoint(tmp_path):
-    from xpnn.checkpoint import save_checkpoint
+    from xpnn.training.checkpoint import save_checkpoint
 
     model = with_random_state(xpnn.mlp([6, 8, 5], batchnorm=True, dropout=0.2))
     save_checkpoint(tmp_path / "ckpt.npz", model, xpnn.optim.Adam(model, lr=0.01), 3, [], {})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.callbacks import EarlyStopping, History, LambdaCallback
+from xpnn.training.callbacks import EarlyStopping, History, LambdaCallback
 
 
 def blobs(n=240, classes=3, features=6, seed=0):

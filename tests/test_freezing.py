@@ -8,7 +8,7 @@ import pytest
 
 import xpnn
 from xpnn.optim import SGD, Adam, Momentum
-from xpnn.trainer import load_checkpoint, save_checkpoint
+from xpnn.training.trainer import load_checkpoint, save_checkpoint
 
 OPTIMIZERS = {
     "sgd": lambda m, **k: SGD(m, lr=0.1, weight_decay=0.1, **k),

@@ -13,7 +13,7 @@ import pytest
 
 import xpnn
 from tests.conftest import make_backend
-from xpnn.backend import Backend
+from xpnn.core.backend import Backend
 from xpnn.optim import SGD, Adam, FlatLayout, Momentum
 
 CONFIGS = {

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.gradcheck import gradcheck, numerical_gradient, relative_error
-from xpnn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
-from xpnn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
+from xpnn.model.gradcheck import gradcheck, numerical_gradient, relative_error
+from xpnn.nn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+from xpnn.nn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 
 TOLERANCE = 1e-6
 

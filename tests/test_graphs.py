@@ -1,4 +1,4 @@
-"""Whole-step capture (xpnn.graphs): which steps replay, which run eagerly, and that results do not change.
+"""Whole-step capture (xpnn.runtime.graphs): which steps replay, which run eagerly, and that results do not change.
 
 Without a GPU the capture is played by a fake that records the step without running it and runs it at each
 replay, as a CUDA graph does with the device work; everything else (static buffers, the capturable optimizer,
@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import xpnn
-import xpnn.graphs as graphs_module
+import xpnn.runtime.graphs as graphs_module
 from tests.conftest import make_backend
-from xpnn.backend import Backend
-from xpnn.graphs import (
+from xpnn.core.backend import Backend
+from xpnn.optim import SGD, Adam, Momentum
+from xpnn.runtime.graphs import (
     CublasRoute,
     CupyCapture,
     StepGraph,
@@ -29,8 +30,7 @@ from xpnn.graphs import (
     gemm_arguments,
     make_step_graph,
 )
-from xpnn.optim import SGD, Adam, Momentum
-from xpnn.trainer import Trainer
+from xpnn.training.trainer import Trainer
 
 
 def capture_checker(watcher=None):
@@ -277,7 +277,7 @@ def test_every_layer_and_loss_runs_under_the_capture_rules(kind):
                                   "equal", "nonzero", "boolean mask", "unique"])
 def test_the_capture_checker_refuses_what_a_capture_refuses(name):
     torch = pytest.importorskip("torch")
-    from xpnn.backend import to_numpy
+    from xpnn.core.backend import to_numpy
 
     t = torch.ones(3)
     operations = {

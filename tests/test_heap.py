@@ -1,4 +1,4 @@
-"""xpnn.heap: the command line keeps freed memory in the process instead of paging it in at every step."""
+"""xpnn.runtime.heap: the command line keeps freed memory in the process instead of paging it in at every step."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-import xpnn.heap
+import xpnn.runtime.heap
 from tests.cli_helpers import pythonpath
-from xpnn import train as cli
+from xpnn.cli import train as cli
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -18,7 +18,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 CYCLES = """
 import resource, sys
 import numpy as np
-from xpnn.heap import retain_freed_memory
+from xpnn.runtime.heap import retain_freed_memory
 if sys.argv[1] == "on":
     assert retain_freed_memory()
 def cycle():
@@ -48,7 +48,7 @@ def test_freed_arrays_are_not_paged_in_again():
 
 def test_elsewhere_nothing_changes(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert xpnn.heap.retain_freed_memory() is False
+    assert xpnn.runtime.heap.retain_freed_memory() is False
 
 
 def test_the_command_line_keeps_freed_memory(monkeypatch):
@@ -66,4 +66,4 @@ def test_the_command_line_keeps_freed_memory(monkeypatch):
 ])
 def test_sizes_a_c_int_cannot_hold_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        xpnn.heap.retain_freed_memory(**kwargs)
+        xpnn.runtime.heap.retain_freed_memory(**kwargs)

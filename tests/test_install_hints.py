@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from xpnn import train as cli
-from xpnn.backend import BackendError, get_backend
+from xpnn.cli import train as cli
+from xpnn.core.backend import BackendError, get_backend
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xpnn"
 

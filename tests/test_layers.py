@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+from xpnn.nn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 
 
 def reference_sigmoid(x):

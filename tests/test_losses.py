@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from xpnn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
+from xpnn.nn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 
 
 def reference_softmax_ce(logits, labels):

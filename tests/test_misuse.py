@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU
-from xpnn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
+from xpnn.nn.layers import ELU, Affine, BatchNorm1d, Dropout, LeakyReLU, ReLU
+from xpnn.nn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 from xpnn.optim import SGD, Adam, Momentum
 
 
@@ -480,7 +480,7 @@ def test_a_standardizing_model_refuses_rows_of_another_width_instead_of_broadcas
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 2.0, float("nan"), -0.5])
 def test_load_data_file_refuses_a_test_size_outside_0_1(tmp_path, fraction):
-    from xpnn.datafile import load_data_file
+    from xpnn.io.datafile import load_data_file
 
     path = tmp_path / "t.csv"
     path.write_text("a,label\n" + "\n".join(f"{i / 10},{i % 2}" for i in range(20)) + "\n")
@@ -489,7 +489,7 @@ def test_load_data_file_refuses_a_test_size_outside_0_1(tmp_path, fraction):
 
 
 def test_checkpoints_refuse_an_optimizer_of_another_model(tmp_path):
-    from xpnn.checkpoint import load_checkpoint, save_checkpoint
+    from xpnn.training.checkpoint import load_checkpoint, save_checkpoint
 
     model, other = xpnn.mlp([4, 3], seed=0), xpnn.mlp([4, 3], seed=1)
     with pytest.raises(ValueError, match="save_checkpoint: the Adam was made for another model"):
@@ -508,7 +508,7 @@ def test_checkpoints_refuse_an_optimizer_of_another_model(tmp_path):
     (1, [object()], TypeError, "save_checkpoint: history and settings must hold JSON values"),
 ])
 def test_save_checkpoint_never_writes_what_load_checkpoint_refuses(tmp_path, epoch, history, error, message):
-    from xpnn.checkpoint import save_checkpoint
+    from xpnn.training.checkpoint import save_checkpoint
 
     model = xpnn.mlp([4, 3], seed=0)
     with pytest.raises(error, match=message):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import xpnn
+from xpnn.io.serialization import read_npz
 from xpnn.optim import Momentum
-from xpnn.serialization import read_npz
 
 
 def small_problem(rng, n=32):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.initializers import get_initializer
-from xpnn.layers import Affine, BatchNorm1d, Dropout, ReLU, Tanh
-from xpnn.losses import BCEWithLogits, MeanSquaredError
+from xpnn.nn.initializers import get_initializer
+from xpnn.nn.layers import Affine, BatchNorm1d, Dropout, ReLU, Tanh
+from xpnn.nn.losses import BCEWithLogits, MeanSquaredError
 
 
 def host(backend, a):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn.checkpoint import save_checkpoint
-from xpnn.graphs import capture_refusal
-from xpnn.layers import Standardize
+from xpnn.io.serialization import FormatError
 from xpnn.model import standardized
-from xpnn.serialization import FormatError
+from xpnn.nn.layers import Standardize
+from xpnn.runtime.graphs import capture_refusal
+from xpnn.training.checkpoint import save_checkpoint
 
 
 def trained_mlp():
@@ -38,7 +38,7 @@ def test_a_model_file_is_still_not_a_checkpoint_to_resume(tmp_path):
     model, optimizer, _ = trained_mlp()
     model.save(tmp_path / "m.npz")
     with pytest.raises(FormatError, match="holds an xpnn 'model', expected a 'checkpoint'"):
-        xpnn.checkpoint.load_checkpoint(tmp_path / "m.npz", model, optimizer)
+        xpnn.training.checkpoint.load_checkpoint(tmp_path / "m.npz", model, optimizer)
 
 
 def test_load_refuses_other_kinds_and_foreign_checkpoint_members(tmp_path):
@@ -53,7 +53,7 @@ def test_load_refuses_other_kinds_and_foreign_checkpoint_members(tmp_path):
     with pytest.raises(FormatError, match=r"unexpected arrays \['extra'\] in a checkpoint"):
         xpnn.load(crafted)
     other = tmp_path / "other.npz"
-    xpnn.serialization.write_npz(other, {}, {"kind": "history"})
+    xpnn.io.serialization.write_npz(other, {}, {"kind": "history"})
     with pytest.raises(FormatError, match="holds an xpnn 'history', expected a 'model' or 'checkpoint'"):
         xpnn.load(other)
 
@@ -109,7 +109,7 @@ def test_standardize_and_class_names_survive_save_and_load(tmp_path):
 def test_bad_class_names_in_a_file_are_refused(tmp_path, names):
     model = xpnn.mlp([2, 2], seed=0)
     config = {**model.config(), "class_names": names}
-    xpnn.serialization.write_npz(tmp_path / "m.npz", {k: np.asarray(v) for k, v in model.state_dict().items()},
+    xpnn.io.serialization.write_npz(tmp_path / "m.npz", {k: np.asarray(v) for k, v in model.state_dict().items()},
                                  {"kind": "model", "config": config})
     with pytest.raises(FormatError, match="class_names must be a list of at least 2 distinct strings"):
         xpnn.load(tmp_path / "m.npz")

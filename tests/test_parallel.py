@@ -1,4 +1,4 @@
-"""workers > 1: threads that share each batch on the NumPy backend (xpnn.parallel)."""
+"""workers > 1: threads that share each batch on the NumPy backend (xpnn.runtime.parallel)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import xpnn
 from tests.cli_helpers import cli, one_error_line
 from tests.idx import make_dataset
-from xpnn.layers import Affine, BatchNorm1d, Layer, ReLU
-from xpnn.parallel import replica, shard_bounds
-from xpnn.trainer import Trainer
+from xpnn.nn.layers import Affine, BatchNorm1d, Layer, ReLU
+from xpnn.runtime.parallel import replica, shard_bounds
+from xpnn.training.trainer import Trainer
 
 pytest.importorskip("threadpoolctl")
 
@@ -62,10 +62,10 @@ def test_shard_bounds_cover_every_row_once(n, parts):
 def four_cores(monkeypatch):
     """In-process tests of 2 and 3 workers run on machines with fewer cores too (more workers than cores is
     refused); the CLI tests, in subprocesses, need 2 cores."""
-    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 4)
+    monkeypatch.setattr(xpnn.runtime.parallel, "usable_cores", lambda: 4)
 
 
-needs_two_cores = pytest.mark.skipif(xpnn.parallel.usable_cores() < 2, reason="the CLI tests run 2 workers")
+needs_two_cores = pytest.mark.skipif(xpnn.runtime.parallel.usable_cores() < 2, reason="the CLI tests run 2 workers")
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -227,12 +227,12 @@ def test_more_workers_than_cores_are_refused(workers):
 
 def test_replicas_are_made_as_shards_need_them(monkeypatch):
     """8 workers on a batch of 6 (3 shards) make 2 replicas, and reach the same weights as 3 workers."""
-    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 8)
+    monkeypatch.setattr(xpnn.runtime.parallel, "usable_cores", lambda: 8)
     be = xpnn.get_backend("cpu", "float64")
     x, y = images(24)
     made = []
-    real = xpnn.parallel.replica
-    monkeypatch.setattr(xpnn.parallel, "replica", lambda model: made.append(1) or real(model))
+    real = xpnn.runtime.parallel.replica
+    monkeypatch.setattr(xpnn.runtime.parallel, "replica", lambda model: made.append(1) or real(model))
     runs = {w: params(train(small_cnn(be, dropout=0.3), x, y, w, epochs=1, batch_size=6).model) for w in (3, 8)}
     assert len(made) == 4  # 2 per run: one epoch each, no evaluation
     for key in runs[3]:
@@ -281,9 +281,9 @@ def test_cli_workers_default_to_the_usable_cores(tmp_path, tiny_idx):
     checkpoint = tmp_path / "auto.npz"
     result = cli("--data-dir", tiny_idx, "--model", "cnn", "--epochs", "1", "--batch-size", "32", "--save", checkpoint)
     assert result.returncode == 0, result.stderr
-    _, header = xpnn.serialization.read_npz(checkpoint, "checkpoint")
+    _, header = xpnn.io.serialization.read_npz(checkpoint, "checkpoint")
     model = xpnn.load(checkpoint)
-    expected = xpnn.parallel.auto_workers(model.backend, 1, model, 32)
+    expected = xpnn.runtime.parallel.auto_workers(model.backend, 1, model, 32)
     assert header["settings"]["workers"] == expected and isinstance(expected, int)
     assert (f"x {expected} workers" in result.stdout) == (expected > 1)
     same = cli("--data-dir", tiny_idx, "--resume", checkpoint, "--epochs", "2", "--workers", "auto")
@@ -306,14 +306,14 @@ def test_cli_workers_default_to_the_usable_cores(tmp_path, tiny_idx):
 
 def test_auto_workers_share_only_steps_large_enough(monkeypatch):
     """auto: the CNN at batch 128 and any full batch are shared; the MLP at batch 128 is too short a step."""
-    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(xpnn.runtime.parallel, "usable_cores", lambda: 2)
     be = xpnn.get_backend("cpu")
     net, conv = xpnn.mlp([784, 256, 128, 10], backend=be), xpnn.cnn(backend=be)
-    assert xpnn.parallel.auto_workers(be, 1, net, 128) == 1
-    assert xpnn.parallel.auto_workers(be, 1, net, None) == 2  # full batch
-    assert xpnn.parallel.auto_workers(be, 1, net, 2048) == 2
-    assert xpnn.parallel.auto_workers(be, 1, conv, 128) == 2
-    assert xpnn.parallel.auto_workers(be, 2, conv, 128) == 1  # MPI ranks share the cores already
+    assert xpnn.runtime.parallel.auto_workers(be, 1, net, 128) == 1
+    assert xpnn.runtime.parallel.auto_workers(be, 1, net, None) == 2  # full batch
+    assert xpnn.runtime.parallel.auto_workers(be, 1, net, 2048) == 2
+    assert xpnn.runtime.parallel.auto_workers(be, 1, conv, 128) == 2
+    assert xpnn.runtime.parallel.auto_workers(be, 2, conv, 128) == 1  # MPI ranks share the cores already
     assert Trainer(net, xpnn.optim.SGD(net, lr=0.1), batch_size=128).workers == 1
     assert Trainer(conv, xpnn.optim.SGD(conv, lr=0.1), batch_size=128).workers == 2
 
@@ -322,11 +322,11 @@ def test_auto_workers_follow_backend_cores_and_processes(monkeypatch):
     numpy_model = small_cnn(xpnn.get_backend("cpu"))
     assert Trainer(numpy_model, xpnn.optim.SGD(numpy_model, lr=0.1), batch_size=None).workers == 4  # four_cores
     assert xpnn.fit.__kwdefaults__["workers"] == "auto"
-    assert xpnn.parallel.auto_workers(numpy_model.backend, processes=2) == 1  # MPI ranks share the cores
-    monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 1)
+    assert xpnn.runtime.parallel.auto_workers(numpy_model.backend, processes=2) == 1  # MPI ranks share the cores
+    monkeypatch.setattr(xpnn.runtime.parallel, "usable_cores", lambda: 1)
     assert Trainer(numpy_model, xpnn.optim.SGD(numpy_model, lr=0.1), workers="auto").parallel is None
     if importlib.util.find_spec("torch") is not None:
-        monkeypatch.setattr(xpnn.parallel, "usable_cores", lambda: 4)
+        monkeypatch.setattr(xpnn.runtime.parallel, "usable_cores", lambda: 4)
         torch_model = small_cnn(xpnn.get_backend("torch"))
         assert Trainer(torch_model, xpnn.optim.SGD(torch_model, lr=0.1)).workers == 1
 
@@ -605,9 +605,9 @@ def test_two_equal_shards_combine_to_the_weighted_sum_bit_for_bit(inplace):
     expected = {(i, k): 0.5 * model.layers[i].grads[k] + 0.5 * twin.layers[i].grads[k]
                 for i, layer in enumerate(model.layers) for k in layer.params}
     uneven = {(i, k): 0.25 * twin.layers[i].grads[k] + 0.75 * third.layers[i].grads[k] for i, k in expected}
-    xpnn.parallel.ThreadWorkers._combine([model, twin], [0.5, 0.5], inplace)
+    xpnn.runtime.parallel.ThreadWorkers._combine([model, twin], [0.5, 0.5], inplace)
     for (i, k), value in expected.items():
         np.testing.assert_array_equal(model.layers[i].grads[k], value)
-    xpnn.parallel.ThreadWorkers._combine([twin, third], [0.25, 0.75], inplace)
+    xpnn.runtime.parallel.ThreadWorkers._combine([twin, third], [0.25, 0.75], inplace)
     for (i, k), value in uneven.items():
         np.testing.assert_array_equal(twin.layers[i].grads[k], value)

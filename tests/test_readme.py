@@ -37,7 +37,7 @@ def test_the_readme_test_command_is_the_one_ci_runs():
 
 
 def test_the_readme_train_command_uses_real_flags():
-    from xpnn.train import build_parser
+    from xpnn.cli.train import build_parser
 
     train = [line for block in blocks("bash") for line in commands(block) if "xpnn.train" in line]
     assert train

@@ -16,8 +16,8 @@ import pytest
 
 from tests.idx import make_dataset, write_idx
 from xpnn import data
-from xpnn import train as cli
-from xpnn.data import DataError, Dataset, load_dataset
+from xpnn.cli import train as cli
+from xpnn.io.data import DataError, Dataset, load_dataset
 
 IDX_CODES = {"uint8": 0x08, "int8": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
 FAST = ["--epochs", "1", "--batch-size", "20", "--hidden", "3"]

@@ -14,8 +14,8 @@ import pytest
 import xpnn
 from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line
 from tests.idx import make_dataset
-from xpnn.callbacks import LambdaCallback
-from xpnn.trainer import DivergenceError, Trainer
+from xpnn.training.callbacks import LambdaCallback
+from xpnn.training.trainer import DivergenceError, Trainer
 
 FAST = ["--epochs", "3", "--batch-size", "50", "--hidden", "16", "--quiet"]
 

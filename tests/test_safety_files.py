@@ -1,6 +1,6 @@
 """Outputs never damage what a path points at (and a full disk names the path).
 
-The library's one writer (xpnn.files.write_file) and the command line's preflight (check_outputs), against
+The library's one writer (xpnn.io.files.write_file) and the command line's preflight (check_outputs), against
 devices, FIFOs, sockets, directories, symlinks, hard links, inputs of the same run and killed writers.
 """
 
@@ -22,10 +22,10 @@ import pytest
 import xpnn
 from tests.cli_helpers import pythonpath
 from tests.idx import make_dataset
-from xpnn import files
-from xpnn import train as cli
-from xpnn.files import OutputError, check_outputs, clean_stale_parts, write_file
-from xpnn.serialization import read_npz
+from xpnn.cli import train as cli
+from xpnn.io import files
+from xpnn.io.files import OutputError, check_outputs, clean_stale_parts, write_file
+from xpnn.io.serialization import read_npz
 
 FAST = ["--epochs", "1", "--batch-size", "30", "--hidden", "3"]
 OUTPUTS = ["--save", "--metrics", "--plot"]
@@ -163,7 +163,7 @@ def test_special_paths_are_refused_without_blocking(tmp_path, kind):
 
 def test_stdout_redirected_to_a_file_is_not_replaced(tmp_path):
     log = tmp_path / "log.txt"
-    code = ("import sys\nfrom xpnn.files import write_file\nprint('first line', flush=True)\n"
+    code = ("import sys\nfrom xpnn.io.files import write_file\nprint('first line', flush=True)\n"
             "try:\n    write_file('/dev/stdout', lambda f: f.write(b'metrics'))\n"
             "except ValueError as error:\n    print(error, file=sys.stderr)\nprint('last line', flush=True)\n")
     with open(log, "wb") as out:
@@ -272,7 +272,7 @@ def test_clean_stale_parts_reports_what_it_removed(tmp_path):
 
 def test_a_save_killed_midway_leaves_a_part_that_the_next_save_removes(tmp_path):
     target = tmp_path / "ck.npz"
-    code = ("import sys, time\nfrom xpnn.files import write_file\n"
+    code = ("import sys, time\nfrom xpnn.io.files import write_file\n"
             "def slow(file):\n    file.write(b'partial')\n    file.flush()\n    print('writing', flush=True)\n"
             "    time.sleep(60)\nwrite_file(sys.argv[1], slow)\n")
     writer = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,

@@ -18,9 +18,9 @@ import pytest
 import xpnn
 from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line, pythonpath
 from tests.idx import make_dataset
-from xpnn import files
-from xpnn.files import OutputError, check_outputs, write_file
-from xpnn.lock import LockError, OutputLock, lock_path
+from xpnn.io import files
+from xpnn.io.files import OutputError, check_outputs, write_file
+from xpnn.io.lock import LockError, OutputLock, lock_path
 
 FAST = ["--epochs", "2", "--batch-size", "50", "--hidden", "8", "--quiet"]
 
@@ -275,7 +275,7 @@ def test_device_and_process_count_are_saved_and_an_old_checkpoint_resumes_silent
     for key in ("device", "processes"):
         del header["settings"][key]
     header["settings"]["epochs"] = 3  # so that --epochs 3 is no change either
-    old = xpnn.serialization.write_npz(tmp_path / "old.npz", arrays, header)
+    old = xpnn.io.serialization.write_npz(tmp_path / "old.npz", arrays, header)
     result = cli("--data-dir", dataset, *FAST, "--epochs", "3", "--resume", old)
     assert result.returncode == 0 and result.stderr == ""
 
@@ -283,7 +283,7 @@ def test_device_and_process_count_are_saved_and_an_old_checkpoint_resumes_silent
 def test_resuming_under_another_number_of_processes_warns(dataset, finished, tmp_path):
     arrays, header = checkpoint_state(finished)
     header["settings"].update(processes=2, epochs=3)
-    two = xpnn.serialization.write_npz(tmp_path / "two.npz", arrays, header)
+    two = xpnn.io.serialization.write_npz(tmp_path / "two.npz", arrays, header)
     result = cli("--data-dir", dataset, *FAST, "--epochs", "3", "--resume", two)
     assert result.returncode == 0
     (line,) = result.stderr.strip().splitlines()

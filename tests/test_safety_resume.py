@@ -12,7 +12,7 @@ import pytest
 
 from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line
 from tests.idx import make_dataset
-from xpnn.serialization import read_npz, write_npz
+from xpnn.io.serialization import read_npz, write_npz
 
 BASE = ["--epochs", "2", "--batch-size", "50", "--hidden", "16", "--lr", "0.05", "--quiet"]
 

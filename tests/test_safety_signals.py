@@ -14,7 +14,7 @@ import pytest
 import xpnn
 from tests.cli_helpers import checkpoint_state, cli, one_error_line, pythonpath
 from tests.idx import make_dataset
-from xpnn import train as cli_module
+from xpnn.cli import train as cli_module
 
 FAST = ["--batch-size", "50", "--hidden", "16", "--quiet"]
 
@@ -164,7 +164,7 @@ def test_the_cnn_takes_the_activation_flag(dataset, tmp_path):
 
 def test_layers_larger_than_the_machine_are_refused_before_allocating(monkeypatch):
     """Where the kernel overcommits, a huge allocation succeeds and the process dies drawing the weights."""
-    from xpnn.layers import base
+    from xpnn.nn.layers import base
 
     with pytest.raises(MemoryError, match=r"Affine\(n_in=1000000, n_out=10000000.*GiB, more than this machine's"):
         xpnn.layers.Affine(10**6, 10**7).build("cpu")  # 40 TB of weights

@@ -25,10 +25,10 @@ import pytest
 import xpnn
 from tests.cli_helpers import pythonpath
 from tests.idx import idx_bytes, make_dataset
-from xpnn import train as cli
-from xpnn.checkpoint import load_checkpoint, save_checkpoint
-from xpnn.data import DataError, read_idx
-from xpnn.serialization import FormatError, read_npz
+from xpnn.cli import train as cli
+from xpnn.io.data import DataError, read_idx
+from xpnn.io.serialization import FormatError, read_npz
+from xpnn.training.checkpoint import load_checkpoint, save_checkpoint
 
 SIZES = [4, 3, 2]
 
@@ -183,7 +183,7 @@ def test_oversized_header_is_refused_before_it_is_read(tmp_path, monkeypatch):
     arrays, header = parts(model_file(tmp_path), "model")
     header["padding"] = "x" * 4000
     path = craft(tmp_path / "big.npz", header, arrays)
-    monkeypatch.setattr(xpnn.serialization, "MAX_HEADER_BYTES", 1000)
+    monkeypatch.setattr(xpnn.io.serialization, "MAX_HEADER_BYTES", 1000)
     assert "header must be one string of at most 1000 bytes" in expect_format_error(path, "model")
 
 

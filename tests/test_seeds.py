@@ -10,7 +10,7 @@ import pytest
 
 import xpnn
 from xpnn import Add, Affine, BCEWithLogits, MeanSquaredError, Mul, ReLU, Sigmoid, Tanh
-from xpnn.layers.activations import sigmoid
+from xpnn.nn.layers.activations import sigmoid
 from xpnn.optim import SGD
 
 

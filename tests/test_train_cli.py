@@ -12,8 +12,8 @@ import pytest
 
 import xpnn
 from tests.idx import make_dataset, write_idx
-from xpnn import train as cli
-from xpnn.trainer import Trainer
+from xpnn.cli import train as cli
+from xpnn.training.trainer import Trainer
 
 FAST = ["--epochs", "3", "--batch-size", "50", "--hidden", "16", "--lr", "0.1", "--quiet"]
 
@@ -90,7 +90,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(dataset, tmp_path,
         {**row, "seconds": got["seconds"], "samples_per_second": got["samples_per_second"]}
         for row, got in zip(read_metrics(straight), read_metrics(resumed), strict=True)
     ]
-    (a, _), (b, _) = (xpnn.serialization.read_npz(tmp_path / name, "checkpoint") for name in ("a.npz", "b.npz"))
+    (a, _), (b, _) = (xpnn.io.serialization.read_npz(tmp_path / name, "checkpoint") for name in ("a.npz", "b.npz"))
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -174,7 +174,7 @@ def test_divergence_stops_with_advice_and_keeps_last_good_checkpoint(dataset, tm
     err = one_line_error(capsys, ["--data-dir", str(dataset), *FAST, "--lr", "1e30", "--save", str(save)])
     assert "diverged in epoch 1" in err and "try a smaller --lr (now 1e+30)" in err
     assert "last good checkpoint (epoch 0)" in err
-    _, header = xpnn.serialization.read_npz(save, "checkpoint")
+    _, header = xpnn.io.serialization.read_npz(save, "checkpoint")
     assert header["epoch"] == 0
 
 
@@ -183,12 +183,12 @@ def test_ctrl_c_exits_cleanly_with_a_checkpoint(dataset, tmp_path, capsys, monke
     save = tmp_path / "ck.npz"
     assert run(dataset, "--save", str(save)) == 130
     assert "continue with --resume" in capsys.readouterr().err
-    _, header = xpnn.serialization.read_npz(save, "checkpoint")
+    _, header = xpnn.io.serialization.read_npz(save, "checkpoint")
     assert header["epoch"] == 1
 
 
 def test_gpu_without_cupy_exits_2_without_traceback(dataset):
-    code = "import sys; sys.modules['cupy'] = None; from xpnn.train import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; sys.modules['cupy'] = None; from xpnn.cli.train import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run([sys.executable, "-c", code, "--device", "gpu", "--data-dir", str(dataset)],
                             capture_output=True, text=True)
     assert result.returncode == 2

@@ -11,9 +11,9 @@ import pytest
 import xpnn
 from tests.cli_helpers import cli, metrics, one_error_line
 from tests.idx import make_dataset
-from xpnn import train as run_cli
-from xpnn.datafile import load_data_file
-from xpnn.layers import Standardize
+from xpnn.cli import train as run_cli
+from xpnn.io.datafile import load_data_file
+from xpnn.nn.layers import Standardize
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--hidden", "16", "--quiet"]
 
@@ -123,7 +123,7 @@ def test_resume_takes_the_data_file_and_its_settings_from_the_checkpoint(iris, t
     save = tmp_path / "ck.npz"
     assert main("--data", iris, *FAST, "--standardize", "--test-size", "0.3", "--save", save) == 0
     assert main("--resume", save, "--save", save, "--epochs", "2", "--quiet") == 0
-    header = xpnn.serialization.read_npz(save, "checkpoint")[1]
+    header = xpnn.io.serialization.read_npz(save, "checkpoint")[1]
     assert header["epoch"] == 2 and header["settings"]["standardize"] is True
     assert header["settings"]["test_size"] == 0.3
     capsys.readouterr()

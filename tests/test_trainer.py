@@ -9,7 +9,7 @@ import pytest
 
 import xpnn
 from tests.conftest import make_backend
-from xpnn.trainer import Trainer
+from xpnn.training.trainer import Trainer
 
 
 def blobs(n=300, seed=0):

@@ -16,11 +16,16 @@ backend is chosen once at run time::
     model.freeze(0)                            # layer 0 stays as it is (also: layer.trainable = False)
 """
 
-from . import callbacks, data, initializers, layers, losses, metrics, optim, trainer
-from .backend import Backend, BackendError, get_backend
-from .callbacks import Callback, EarlyStopping, History
-from .gradcheck import gradcheck
-from .layers import (
+from . import optim
+from .core import backend  # noqa: F401 (xpnn.backend.to_numpy, as the README uses it)
+from .core.backend import Backend, BackendError, get_backend
+from .io import data
+from .io.serialization import FormatError
+from .model.gradcheck import gradcheck
+from .model.onnx import export_onnx, register_onnx_rule
+from .model.sequential import IncompatibleKeys, Sequential, cnn, load, mlp
+from .nn import initializers, layers, losses, metrics
+from .nn.layers import (
     ELU,
     Add,
     Affine,
@@ -40,11 +45,10 @@ from .layers import (
     Standardize,
     Tanh,
 )
-from .losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
-from .model import IncompatibleKeys, Sequential, cnn, load, mlp
-from .onnx_export import export_onnx, register_onnx_rule
-from .serialization import FormatError
-from .trainer import DivergenceError, Trainer, fit
+from .nn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
+from .training import callbacks, trainer
+from .training.callbacks import Callback, EarlyStopping, History
+from .training.trainer import DivergenceError, Trainer, fit
 
 __version__ = "0.1.0"
 

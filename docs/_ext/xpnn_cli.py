@@ -1,4 +1,4 @@
-"""The ``xpnn-cli`` directive: the command-line reference, generated from ``xpnn.train.build_parser``.
+"""The ``xpnn-cli`` directive: the command-line reference, generated from ``xpnn.cli.train.build_parser``.
 
 Each option becomes an ``option`` entry with its flags, metavar, choices and help text (which ends with its
 default), so the page cannot drift from ``python -m xpnn.train --help``. The directive is meant for MyST

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
+from ..core.backend import to_numpy
 
 __all__ = ["TRANSPORTS", "DistributedError", "Local", "MPICommunicator", "communicator", "launcher_environment",
            "mpirun_command", "rank_device"]

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
-from .files import write_file
-from .layers import (
+from ..core.backend import to_numpy
+from ..io.files import write_file
+from ..nn.layers import (
     ELU,
     Affine,
     AvgPool2d,
@@ -38,8 +38,8 @@ from .layers import (
     Standardize,
     Tanh,
 )
-from .metrics import task_of
-from .model import Sequential
+from ..nn.metrics import task_of
+from .sequential import Sequential
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "OnnxGraph", "export_onnx", "onnx_bytes", "register_onnx_rule"]
 
@@ -214,7 +214,7 @@ def export_onnx(model: Sequential, path: str | os.PathLike, *, output: str | Non
     model : Sequential
         Any backend; its weights are copied to the host, the model is not changed or moved.
     path : path-like
-        The ``.onnx`` file to write (replaced atomically, see :func:`xpnn.files.write_file`).
+        The ``.onnx`` file to write (replaced atomically, see :func:`xpnn.io.files.write_file`).
     output : {"probabilities", "logits"}, optional
         What the graph returns. Default: ``"probabilities"`` for a classifier (what
         :meth:`Sequential.predict_proba` gives: softmax for SoftmaxCrossEntropy, the sigmoid of each output for

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from ..nn import metrics
 
 __all__ = ["CublasRoute", "CupyCapture", "StepGraph", "TorchCapture", "capture_refusal", "device_refusal",
            "gemm_arguments", "make_step_graph"]
@@ -244,7 +244,7 @@ class CupyCapture:
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
         """Record ``body`` (its device work does not run now) and return the function that replays it."""
-        from .backend import _MATMUL_ROUTE
+        from ..core.backend import _MATMUL_ROUTE
 
         cuda = self.cupy.cuda
         with self.backend.device:

@@ -8,10 +8,10 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .backend import Backend
-from .layers.base import Layer
-from .losses import Loss
-from .model import Sequential
+from ..core.backend import Backend
+from ..nn.layers.base import Layer
+from ..nn.losses import Loss
+from .sequential import Sequential
 
 __all__ = ["gradcheck", "numerical_gradient", "relative_error"]
 

@@ -12,16 +12,16 @@ from typing import Any, NamedTuple, overload
 
 import numpy as np
 
-from .backend import Backend, get_backend, to_numpy
-from .layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
-from .layers.batchnorm import BatchNorm2d
-from .layers.conv import Conv2d
-from .layers.pooling import MaxPool2d
-from .layers.reshape import Flatten
-from .losses import Loss, SoftmaxCrossEntropy
-from .metrics import count_correct, has_accuracy, probabilities
-from .serialization import FormatError, open_npz, validate_header, write_npz
-from .validation import check_bool, check_positive_int, check_real
+from ..core.backend import Backend, get_backend, to_numpy
+from ..core.validation import check_bool, check_positive_int, check_real
+from ..io.serialization import FormatError, open_npz, validate_header, write_npz
+from ..nn.layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
+from ..nn.layers.batchnorm import BatchNorm2d
+from ..nn.layers.conv import Conv2d
+from ..nn.layers.pooling import MaxPool2d
+from ..nn.layers.reshape import Flatten
+from ..nn.losses import Loss, SoftmaxCrossEntropy
+from ..nn.metrics import count_correct, has_accuracy, probabilities
 
 __all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "cnn", "load", "mlp", "standardized"]
 
@@ -652,7 +652,7 @@ class Sequential:
             The file written: input ``"input"`` ``(N, *input_shape)``, output ``"probabilities"`` or
             ``"logits"`` (N, n_out). See :func:`xpnn.export_onnx`; needs ``pip install onnx onnxruntime``.
         """
-        from .onnx_export import DEFAULT_OPSET, export_onnx
+        from .onnx import DEFAULT_OPSET, export_onnx
 
         return export_onnx(self, path, output=output, opset=DEFAULT_OPSET if opset is None else opset,
                            input_shape=input_shape, dtype=dtype)
@@ -741,8 +741,8 @@ def load(path: str | os.PathLike, backend: Backend | str = "cpu") -> Sequential:
     """Load a model for inference onto ``backend`` (any backend) from a model file or a checkpoint.
 
     Takes what :meth:`Sequential.save` writes and also a checkpoint (``python -m xpnn.train --save``,
-    :func:`xpnn.checkpoint.save_checkpoint`): its model is returned, its optimizer state is left unread.
-    To continue training from a checkpoint, use ``--resume`` or :func:`xpnn.checkpoint.load_checkpoint`.
+    :func:`xpnn.training.checkpoint.save_checkpoint`): its model is returned, its optimizer state is left unread.
+    To continue training from a checkpoint, use ``--resume`` or :func:`xpnn.training.checkpoint.load_checkpoint`.
 
     The file is not trusted: its header is checked against a schema, and the shapes its configuration
     implies (:meth:`Layer.param_shapes`) are compared with the arrays' declared shapes before anything is
@@ -1001,7 +1001,7 @@ def standardized(model: Sequential, x: Any) -> Sequential:
     x : NumPy array, shape ``(N, *model.input_shape)``
         The training inputs (never validation or test data).
     """
-    from .layers.standardize import Standardize
+    from ..nn.layers.standardize import Standardize
 
     if model.input_shape is None:
         raise ValueError("standardized: the model does not know its input shape; build it with input_shape=...")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import namespace_of
+from ..core.backend import namespace_of
 from .layers.activations import sigmoid
 from .losses import BCEWithLogits, Loss, SoftmaxCrossEntropy, softmax
 

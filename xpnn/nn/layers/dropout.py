@@ -8,8 +8,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from ..backend import Seed, seed_key
-from ..validation import check_real
+from ...core.backend import Seed, seed_key
+from ...core.validation import check_real
 from .base import Layer
 
 __all__ = ["Dropout", "first_row", "global_rows"]

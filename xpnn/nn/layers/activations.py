@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import is_floating, zero_like
-from ..validation import check_real
+from ...core.backend import is_floating, zero_like
+from ...core.validation import check_real
 from .base import Layer
 
 __all__ = ["ELU", "LeakyReLU", "ReLU", "Sigmoid", "Tanh", "sigmoid"]

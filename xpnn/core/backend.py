@@ -169,14 +169,14 @@ class Backend:
         """Whether a whole training step can be captured as a CUDA graph and replayed (torch on CUDA, CuPy).
 
         CuPy refuses its own cuBLAS calls under stream capture, so a captured CuPy step sends its matrix
-        products (:meth:`matmul`) to a cuBLAS handle of xpnn's through nvmath-python (:mod:`xpnn.graphs`).
+        products (:meth:`matmul`) to a cuBLAS handle of xpnn's through nvmath-python (:mod:`xpnn.runtime.graphs`).
         """
         return self._library == "cupy" or (self._library == "torch" and getattr(self.device, "type", None) == "cuda")
 
     @property
     def single_threaded(self) -> bool:
         """Whether element-wise operations, copies and reductions run on one core (NumPy, array-api-strict):
-        only there does splitting each batch over worker threads pay (:mod:`xpnn.parallel`); torch and CuPy
+        only there does splitting each batch over worker threads pay (:mod:`xpnn.runtime.parallel`); torch and CuPy
         already spread every operation over the whole CPU or GPU."""
         return self._library in ("numpy", "array_api_strict")
 
@@ -222,7 +222,8 @@ class Backend:
     def matmul(self, a: Any, b: Any) -> Any:
         """``a @ b`` (2-d @ 2-d, or 1-d @ 2-d): every matrix product of a training step goes through here, so that
         a CuPy step being captured as a CUDA graph can route them to a cuBLAS handle bound to the capture stream
-        (:class:`xpnn.graphs.CupyCapture`); CuPy's own handle refuses stream capture. Elsewhere exactly ``a @ b``."""
+        (:class:`xpnn.runtime.graphs.CupyCapture`); CuPy's own handle refuses stream capture. Elsewhere exactly
+        ``a @ b``."""
         route = _MATMUL_ROUTE.get()
         return a @ b if route is None else route(a, b)
 

@@ -4,7 +4,7 @@
 (N, D) rows of features, or images (N, H, W) or (N, C, H, W); numbers of any real dtype (unsigned-byte
 images are pixels and are scaled to [0, 1], as IDX images are; everything else is taken as it is). ``y`` is
 (N,) integer labels 0..K-1 or class names (strings). The file is read without pickle and without trusting
-it (:func:`xpnn.serialization.read_arrays`).
+it (:func:`xpnn.io.serialization.read_arrays`).
 
 ``.csv``: a header row naming the columns, then one sample per line; the label column is ``target`` (by
 default the column named ``label``, else the last column), every other column is a numeric feature.
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.validation import check_real
 from .data import DataError, Dataset, _classes, _few, _split_validation
 from .serialization import FormatError, read_arrays
-from .validation import check_real
 
 __all__ = ["DEFAULT_TEST_SIZE", "load_data_file"]
 

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..backend import Backend, Seed, get_backend
-from ..validation import check_bool
+from ...core.backend import Backend, Seed, get_backend
+from ...core.validation import check_bool
 
 __all__ = ["Layer", "LayerTooLargeError"]
 

@@ -90,7 +90,7 @@ class SplitSizeError(DataError):
 class Dataset:
     """Samples as float32 rows (images flattened, pixels in [0, 1]) and integer labels, all NumPy arrays on the host.
 
-    :func:`load_dataset` makes one from IDX files, :func:`xpnn.datafile.load_data_file` from your own file.
+    :func:`load_dataset` makes one from IDX files, :func:`xpnn.io.datafile.load_data_file` from your own file.
 
     Attributes
     ----------
@@ -302,7 +302,7 @@ def _candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[tuple
 def input_paths(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Every path :func:`load_dataset` could read, or download into, for these arguments.
 
-    Outputs of the same run must not be any of them (see :func:`xpnn.files.check_outputs`).
+    Outputs of the same run must not be any of them (see :func:`xpnn.io.files.check_outputs`).
     """
     return [directory / f"{stem}{suffix}" for directory, _ in _candidate_dirs(name, data_dir)
             for stem in FILES.values() for suffix in (".gz", "")]

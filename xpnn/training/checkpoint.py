@@ -1,6 +1,6 @@
 """Checkpoints: model, optimizer state, completed epochs, history and settings in one ``.npz``.
 
-Writing goes through :func:`xpnn.files.write_file` (atomic, safe for any path); reading trusts nothing in
+Writing goes through :func:`xpnn.io.files.write_file` (atomic, safe for any path); reading trusts nothing in
 the file: the header is checked against the checkpoint schema and the configuration against the model
 before any array is read, and only the arrays this model and optimizer can have are read.
 """
@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .model import Sequential
-from .optim import Optimizer
-from .serialization import FormatError, open_npz, validate_header, write_npz
+from ..io.serialization import FormatError, open_npz, validate_header, write_npz
+from ..model.sequential import Sequential
+from ..optim.optimizers import Optimizer
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -29,7 +29,7 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Optim
     Parameters
     ----------
     path : path-like
-        Where to write (see :func:`xpnn.files.write_file` for symlinks and special files).
+        Where to write (see :func:`xpnn.io.files.write_file` for symlinks and special files).
     model, optimizer
         What to save; arrays are copied to the host, the model stays on its device.
     epoch : int

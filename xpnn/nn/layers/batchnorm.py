@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import check_positive_int, check_real
+from ...core.validation import check_positive_int, check_real
 from .base import Layer
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]

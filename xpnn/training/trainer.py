@@ -18,18 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
-from .backend import namespace_of
+from ..core.backend import namespace_of
+from ..core.validation import check_positive_int
+from ..io.progress import ProgressBar
+from ..model.sequential import SHUFFLE_STREAM, Sequential
+from ..nn import metrics
+from ..nn.losses import one_hot
+from ..optim.optimizers import Optimizer, get_schedule
+from ..runtime.distributed import Local
+from ..runtime.graphs import make_step_graph
+from ..runtime.parallel import ThreadWorkers, eval_step, resolve_workers, train_step
 from .callbacks import Callback, History
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import Local
-from .graphs import make_step_graph
-from .losses import one_hot
-from .model import SHUFFLE_STREAM, Sequential
-from .optim import Optimizer, get_schedule
-from .parallel import ThreadWorkers, eval_step, resolve_workers, train_step
-from .progress import ProgressBar
-from .validation import check_positive_int
 
 #: Default bound on the largest layer output of one evaluation pass (see Trainer's ``eval_batch_size``).
 EVAL_BYTES = 8 << 20
@@ -93,7 +93,7 @@ class Trainer:
     seed : int
         Seeds the shuffles.
     comm : communicator, optional
-        :class:`xpnn.distributed.Local` (default) or an MPI communicator from :mod:`xpnn.distributed`.
+        :class:`xpnn.runtime.distributed.Local` (default) or an MPI communicator from :mod:`xpnn.runtime.distributed`.
     divergence_factor : float or None
         An epoch whose mean training loss exceeds this many times the loss of the first batch trained is
         treated as diverged, as is any non-finite loss or weight. None checks only for non-finite values.
@@ -104,19 +104,19 @@ class Trainer:
         multiply the peak memory, and for a CNN on the CPU are slower too (the C heap returns arrays of tens
         of megabytes to the system after each batch and pages new ones in).
     cuda_graphs : {"auto", "on", "off"}
-        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.graphs`): ``auto`` wherever it can
+        Capture the training step as a CUDA graph and replay it (:mod:`xpnn.runtime.graphs`): ``auto`` wherever it can
         (torch on CUDA, or CuPy with nvmath-python; one process; dropout and BatchNorm included), with one
         warning where a GPU step stays eager and after one warning if recording fails; ``on`` raises where it
         cannot. Same results as eager steps (matrix products may round differently on CuPy).
     workers : int or "auto", default "auto"
-        Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.parallel`). ``"auto"`` takes
+        Threads that share each batch on NumPy (and array-api-strict; :mod:`xpnn.runtime.parallel`). ``"auto"`` takes
         one per core this process may use there (when threadpoolctl is installed) and 1 on torch, CuPy and
-        under MPI (:func:`xpnn.parallel.auto_workers`); the chosen number is :attr:`workers`. On a two-core
+        under MPI (:func:`xpnn.runtime.parallel.auto_workers`); the chosen number is :attr:`workers`. On a two-core
         machine 2 trains a CNN about 1.6x faster than 1. The gradient is the same up to rounding and dropout's
         masks are the same; BatchNorm's per-shard statistics depend on the number, so a run is reproducible for
         a given number. A number more than 1 raises ValueError on torch and CuPy (they use every core already)
         and ImportError without threadpoolctl (``pip install threadpoolctl``). A script that trains on NumPy
-        may also want :func:`xpnn.heap.retain_freed_memory`, which the command line calls.
+        may also want :func:`xpnn.runtime.heap.retain_freed_memory`, which the command line calls.
 
     Attributes
     ----------
@@ -150,12 +150,12 @@ class Trainer:
         self.reference_loss: float | None = None
         # Full batch over several ranks: fit() gives each rank only its shard of this many samples.
         self.full_batch_of: int | None = None
-        #: The captured step (:class:`xpnn.graphs.StepGraph`) that full batches replay, or None (eager steps).
+        #: The captured step (:class:`xpnn.runtime.graphs.StepGraph`) that full batches replay, or None (eager steps).
         self.graph = make_step_graph(cuda_graphs, model, optimizer, self.comm)
-        #: Threads that share each batch (:mod:`xpnn.parallel`), ``"auto"`` resolved.
+        #: Threads that share each batch (:mod:`xpnn.runtime.parallel`), ``"auto"`` resolved.
         self.workers = resolve_workers(workers, model.backend, "Trainer", processes=self.comm.size, model=model,
                                        batch_size=batch_size)
-        #: The :class:`xpnn.parallel.ThreadWorkers` that run them, or None with one worker.
+        #: The :class:`xpnn.runtime.parallel.ThreadWorkers` that run them, or None with one worker.
         self.parallel = ThreadWorkers(model, self.workers) if self.workers > 1 else None
 
     # ------------------------------------------------------------------ data
@@ -522,10 +522,10 @@ def fit(model: Sequential, optimizer: Optimizer, x: Any, y: Any, *, epochs: int 
     progress : bool
         Show a progress bar within each epoch (only on a terminal).
     comm : communicator, optional
-        For data-parallel training over MPI (see :mod:`xpnn.distributed`).
+        For data-parallel training over MPI (see :mod:`xpnn.runtime.distributed`).
     workers : int or "auto", default "auto"
         Threads that share each batch: ``"auto"`` takes one per usable core on NumPy, 1 on torch and CuPy
-        (see :class:`Trainer` and :mod:`xpnn.parallel`).
+        (see :class:`Trainer` and :mod:`xpnn.runtime.parallel`).
 
     Returns
     -------

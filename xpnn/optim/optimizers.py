@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
-from .model import Sequential
-from .serialization import FormatError
-from .validation import check_bool, check_real
+from ..core.backend import to_numpy
+from ..core.validation import check_bool, check_real
+from ..io.serialization import FormatError
+from ..model.sequential import Sequential
 
 __all__ = ["SGD", "Adam", "Momentum", "Optimizer", "get_optimizer", "get_schedule"]
 
@@ -46,7 +46,7 @@ class Optimizer:
         ``False`` forces the generic path.
     capturable : bool
         Keep the learning rate and the step count as 0-d device arrays that the update reads, so that a
-        captured CUDA graph (:mod:`xpnn.graphs`) replays the right values after a schedule changes ``lr``.
+        captured CUDA graph (:mod:`xpnn.runtime.graphs`) replays the right values after a schedule changes ``lr``.
         Needs the in-place path.
 
     Notes

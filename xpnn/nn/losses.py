@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import array_api_compat
 
-from .backend import is_floating, namespace_of, zero_like
+from ..core.backend import is_floating, namespace_of, zero_like
 from .layers.activations import sigmoid
 
 __all__ = ["BCEWithLogits", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy", "softmax"]

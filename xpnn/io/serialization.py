@@ -45,7 +45,7 @@ class FormatError(ValueError):
     """A file is not what xpnn expected (wrong kind, corrupted, crafted, or from another model)."""
 
 
-atomic_write = write_file  # the old name; every writer goes through xpnn.files.write_file
+atomic_write = write_file  # the old name; every writer goes through xpnn.io.files.write_file
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], header: dict[str, Any]) -> Path:
@@ -163,7 +163,7 @@ def read_arrays(path: str | os.PathLike, expected: dict[str, tuple[str, str]], r
         if missing:
             raise FormatError(f"{path}: has no array {' or '.join(map(repr, missing))} (it holds "
                               f"{', '.join(sorted(members)) or 'nothing'})")
-        from .layers.base import physical_memory
+        from ..nn.layers.base import physical_memory
 
         total, memory = sum(info.file_size for info, _ in members.values()), physical_memory()
         if memory and total > memory:

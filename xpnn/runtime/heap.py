@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-from .validation import check_positive_int
+from ..core.validation import check_positive_int
 
 __all__ = ["retain_freed_memory"]
 

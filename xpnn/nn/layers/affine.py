@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ...core.validation import check_bool, check_positive_int, check_real
 from ..initializers import get_initializer
-from ..validation import check_bool, check_positive_int, check_real
 from .base import Layer
 
 __all__ = ["Affine", "Linear"]

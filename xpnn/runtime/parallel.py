@@ -9,7 +9,7 @@ are then combined, weighted by shard size, with the model's own, and the optimiz
 
 Replicas are deep copies made at the start of every epoch and every evaluation that share the model's
 ``params`` dicts (never copies), so every step sees the current weights, and own everything else.
-What changes with the number of workers, as with data parallelism over MPI (:mod:`xpnn.distributed`):
+What changes with the number of workers, as with data parallelism over MPI (:mod:`xpnn.runtime.distributed`):
 
 - the gradient is the whole batch's up to rounding (the shards are summed in a different order);
 - BatchNorm normalizes each shard by its own statistics, and the model's running averages follow the
@@ -34,8 +34,8 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from . import metrics
-from .layers.dropout import global_rows
+from ..nn import metrics
+from ..nn.layers.dropout import global_rows
 
 __all__ = ["ThreadWorkers", "auto_workers", "check_workers", "resolve_workers", "shard_bounds"]
 

@@ -1,0 +1,20 @@
+"""The network (Sequential), its builders, saving, summary, freezing, ONNX export and gradient checks."""
+
+from .gradcheck import gradcheck
+from .onnx import DEFAULT_OPSET, ExportError, OnnxGraph, export_onnx, register_onnx_rule
+from .sequential import (
+                         ACTIVATIONS,
+                         DROPOUT_STREAM,
+                         INIT_STREAM,
+                         SHUFFLE_STREAM,
+                         IncompatibleKeys,
+                         Sequential,
+                         cnn,
+                         load,
+                         mlp,
+                         standardized,
+)
+
+__all__ = ["ACTIVATIONS", "DEFAULT_OPSET", "DROPOUT_STREAM", "ExportError", "INIT_STREAM", "IncompatibleKeys",
+           "OnnxGraph", "SHUFFLE_STREAM", "Sequential", "cnn", "export_onnx", "gradcheck", "load", "mlp",
+           "register_onnx_rule", "standardized"]

@@ -1,0 +1,1 @@
+"""How a step runs: CUDA graphs, worker threads, MPI processes, the allocator."""
