@@ -258,7 +258,7 @@ def test_npz_that_is_not_a_zip_or_claims_too_much(tmp_path, monkeypatch):
     path.write_text("x_train,y_train\n")
     refused(path, "not a readable .npz file")
     big = save(tmp_path, x_train=np.zeros((1000, 100)), y_train=np.arange(1000) % 2)
-    monkeypatch.setattr("xpnn.layers.base.physical_memory", lambda: 10_000)
+    monkeypatch.setattr("xpnn.io.serialization.physical_memory", lambda: 10_000)
     refused(big, "its arrays claim", "more than this machine's")
 
 

@@ -398,3 +398,10 @@ def test_input_shape_may_be_one_feature_count(tmp_path):
     with pytest.raises(ExportError, match=r"input_shape \(5,\) does not fit"):
         model.to_onnx(tmp_path / "m.onnx", input_shape=5)
     assert model.to_onnx(tmp_path / "m.onnx", input_shape=4).exists()
+
+
+@pytest.mark.parametrize("thing", [object(), "model.npz", [xpnn.Affine(2, 2)]])
+def test_something_other_than_a_model_is_refused_in_one_line(tmp_path, thing):
+    with pytest.raises(TypeError, match=r"^export_onnx: expected an xpnn Sequential, got \w+$"):
+        xpnn.export_onnx(thing, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.memory import physical_memory
 from .files import write_file
 
 __all__ = ["FormatError", "NpzFile", "atomic_write", "open_npz", "read_arrays", "read_npz", "validate_header",
@@ -163,7 +164,6 @@ def read_arrays(path: str | os.PathLike, expected: dict[str, tuple[str, str]], r
         if missing:
             raise FormatError(f"{path}: has no array {' or '.join(map(repr, missing))} (it holds "
                               f"{', '.join(sorted(members)) or 'nothing'})")
-        from ..nn.layers.base import physical_memory
 
         total, memory = sum(info.file_size for info, _ in members.values()), physical_memory()
         if memory and total > memory:

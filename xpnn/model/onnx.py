@@ -39,7 +39,6 @@ from ..nn.layers import (
     Tanh,
 )
 from ..nn.metrics import task_of
-from .sequential import Sequential
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "OnnxGraph", "export_onnx", "onnx_bytes", "register_onnx_rule"]
 
@@ -204,7 +203,7 @@ for _type, _rule in {
 
 
 # ---------------------------------------------------------------------- export
-def export_onnx(model: Sequential, path: str | os.PathLike, *, output: str | None = None,
+def export_onnx(model: Any, path: str | os.PathLike, *, output: str | None = None,
                 opset: int = DEFAULT_OPSET, input_shape: Sequence[int] | None = None,
                 dtype: str = "float32") -> Path:
     """Write ``model`` (in evaluation mode) as an ONNX file with a dynamic batch axis, atomically.
@@ -263,10 +262,10 @@ def _onnxruntime_refuses(data: bytes) -> str | None:
     return None
 
 
-def onnx_bytes(model: Sequential, *, output: str | None = None, opset: int = DEFAULT_OPSET,
+def onnx_bytes(model: Any, *, output: str | None = None, opset: int = DEFAULT_OPSET,
                input_shape: Sequence[int] | None = None, dtype: str = "float32") -> bytes:
     """The serialized ONNX model that :func:`export_onnx` writes (arguments as there)."""
-    if not isinstance(model, Sequential):
+    if not all(hasattr(model, name) for name in ("layers", "loss_fn", "state_dict")):
         raise TypeError(f"export_onnx: expected an xpnn Sequential, got {type(model).__name__}")
     output = _output_kind(model, output)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
@@ -316,7 +315,7 @@ def onnx_bytes(model: Sequential, *, output: str | None = None, opset: int = DEF
     return buffer.getvalue()
 
 
-def _output_kind(model: Sequential, output: str | None) -> str:
+def _output_kind(model: Any, output: str | None) -> str:
     if output is None:
         return "probabilities" if task_of(model.loss_fn) != "regression" else "logits"
     if output not in OUTPUTS:
@@ -327,7 +326,7 @@ def _output_kind(model: Sequential, output: str | None) -> str:
     return output
 
 
-def _shapes(model: Sequential, input_shape: Sequence[int] | None) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+def _shapes(model: Any, input_shape: Sequence[int] | None) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
     if isinstance(input_shape, int | np.integer) and not isinstance(input_shape, bool):
         input_shape = (int(input_shape),)  # one feature count, as Standardize((4,)) takes 4
     shape = model.input_shape if input_shape is None else tuple(input_shape)

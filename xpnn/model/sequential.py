@@ -22,6 +22,7 @@ from ..nn.layers.pooling import MaxPool2d
 from ..nn.layers.reshape import Flatten
 from ..nn.losses import Loss, SoftmaxCrossEntropy
 from ..nn.metrics import count_correct, has_accuracy, probabilities
+from .onnx import DEFAULT_OPSET, export_onnx
 
 __all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "cnn", "load", "mlp", "standardized"]
 
@@ -652,8 +653,6 @@ class Sequential:
             The file written: input ``"input"`` ``(N, *input_shape)``, output ``"probabilities"`` or
             ``"logits"`` (N, n_out). See :func:`xpnn.export_onnx`; needs ``pip install onnx onnxruntime``.
         """
-        from .onnx import DEFAULT_OPSET, export_onnx
-
         return export_onnx(self, path, output=output, opset=DEFAULT_OPSET if opset is None else opset,
                            input_shape=input_shape, dtype=dtype)
 

@@ -3,63 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .history import History
 
-__all__ = ["Callback", "EarlyStopping", "History", "LambdaCallback"]
+__all__ = ["Callback", "EarlyStopping", "History", "LambdaCallback", "TrainerLike"]
 
 
-class History:
-    """One dict per epoch, as ``fit()`` measured it (the rows ``--metrics`` writes).
+class TrainerLike(Protocol):
+    """What a callback sees of the :class:`~xpnn.Trainer` that ``fit()`` runs: the model and its optimizer,
+    the history so far, the flag that stops training after this epoch, and a copy of the model's state."""
 
-    Each row holds ``epoch`` (1-based), ``train_loss``, ``train_accuracy`` (classifiers only), then
-    ``<name>_loss`` and ``<name>_accuracy`` for every evaluation set (``val`` for validation data),
-    ``seconds``, ``samples_per_second`` and ``lr``.
+    model: Any
+    optimizer: Any
+    history: History
+    stop_training: bool
 
-    Examples
-    --------
-    >>> history = History([{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}])
-    >>> history["val_loss"]
-    [0.5, 0.4]
-    >>> history[-1]["epoch"]
-    2
-    """
-
-    def __init__(self, rows: list[dict[str, Any]] | None = None):
-        self.rows: list[dict[str, Any]] = [] if rows is None else rows
-
-    def __getitem__(self, key: int | str) -> Any:
-        """A row by position, or a column (one value per epoch, None where missing) by name."""
-        if isinstance(key, str):
-            if not any(key in row for row in self.rows):
-                names = sorted({name for row in self.rows for name in row})
-                raise KeyError(f"history has no {key!r}; it has {names}")
-            return [row.get(key) for row in self.rows]
-        return self.rows[key]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.rows)
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-
-    @property
-    def history(self) -> dict[str, list[Any]]:
-        """Columns by name, as Keras' ``History.history``."""
-        names = dict.fromkeys(name for row in self.rows for name in row)
-        return {name: self[name] for name in names}
-
-    def __repr__(self) -> str:
-        if not self.rows:
-            return "History(0 epochs)"
-        last = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.rows[-1].items())
-        return f"History({len(self.rows)} epochs; last: {last})"
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 class Callback:
@@ -69,13 +29,13 @@ class Callback:
     ``trainer.stop_training = True`` ends training after the current epoch.
     """
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         """Before the first epoch of this ``fit()`` call."""
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerLike, row: dict[str, Any]) -> None:
         """After each epoch, with the epoch's row (already in ``trainer.history``)."""
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerLike) -> None:
         """After the last epoch (also after early stopping; not after an exception)."""
 
 
@@ -85,7 +45,7 @@ class LambdaCallback(Callback):
     def __init__(self, on_epoch_end: Any):
         self._on_epoch_end = on_epoch_end
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerLike, row: dict[str, Any]) -> None:
         self._on_epoch_end(trainer, row)
 
 
@@ -133,11 +93,11 @@ class EarlyStopping(Callback):
         self._wait = 0
         self._best_state: dict[str, Any] | None = None
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         self.best = self.best_epoch = self.stopped_epoch = None
         self._wait, self._best_state = 0, None
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerLike, row: dict[str, Any]) -> None:
         if self.monitor not in row:
             raise ValueError(
                 f"EarlyStopping: the history has no {self.monitor!r} (it has {sorted(row)}); pass validation "
@@ -154,7 +114,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = row["epoch"]
             trainer.stop_training = True
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerLike) -> None:
         last_epoch = trainer.history[-1]["epoch"] if len(trainer.history) else None
         if self.restore_best_weights and self._best_state is not None and self.best_epoch != last_epoch:
             trainer.model.load_state_dict(self._best_state)

@@ -28,8 +28,9 @@ from ..optim.optimizers import Optimizer, get_schedule
 from ..runtime.distributed import Local
 from ..runtime.graphs import make_step_graph
 from ..runtime.parallel import ThreadWorkers, eval_step, resolve_workers, train_step
-from .callbacks import Callback, History
+from .callbacks import Callback
 from .checkpoint import load_checkpoint, save_checkpoint
+from .history import History
 
 #: Default bound on the largest layer output of one evaluation pass (see Trainer's ``eval_batch_size``).
 EVAL_BYTES = 8 << 20

@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ...core.backend import Backend, Seed, get_backend
+from ...core.memory import physical_memory
 from ...core.validation import check_bool
 
 __all__ = ["Layer", "LayerTooLargeError"]
@@ -234,11 +234,3 @@ def _accept_trainable(init: Callable[..., None]) -> Callable[..., None]:
 
     init_with_trainable._accepts_trainable = True  # type: ignore[attr-defined]
     return init_with_trainable
-
-
-def physical_memory() -> int | None:
-    """Bytes of physical memory of this machine, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
