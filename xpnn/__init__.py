@@ -21,9 +21,9 @@ from .core import backend  # noqa: F401 (xpnn.backend.to_numpy, as the README us
 from .core.backend import Backend, BackendError, get_backend
 from .io import data
 from .io.serialization import FormatError
+from .model import IncompatibleKeys, Sequential, cnn, load, mlp
 from .model.gradcheck import gradcheck
 from .model.onnx import export_onnx, register_onnx_rule
-from .model.sequential import IncompatibleKeys, Sequential, cnn, load, mlp
 from .nn import initializers, layers, losses, metrics
 from .nn.layers import (
     ELU,

@@ -20,8 +20,8 @@ from typing import Any
 
 from ..io.files import OutputError, check_outputs
 from ..io.serialization import FormatError
+from ..model import load
 from ..model.onnx import DEFAULT_OPSET, OUTPUTS, ExportError, _output_kind, _shapes, export_onnx
-from ..model.sequential import load
 
 __all__ = ["main"]
 

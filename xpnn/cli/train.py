@@ -38,7 +38,7 @@ from ..io.datafile import DEFAULT_TEST_SIZE, load_data_file
 from ..io.files import OutputError, check_outputs, write_file
 from ..io.lock import OutputLock
 from ..io.serialization import FormatError, open_npz, read_npz
-from ..model.sequential import ACTIVATIONS, Sequential, mlp, standardized
+from ..model import ACTIVATIONS, Sequential, mlp, standardized
 from ..nn.initializers import _BY_NAME as INITIALIZERS
 from ..nn.layers.base import LayerTooLargeError
 from ..optim.optimizers import OPTIMIZERS, get_optimizer, get_schedule
@@ -484,7 +484,7 @@ class Run:
         args, data = self.args, self.data
         std = 0.01 if args.init == "normal" else None
         if args.model == "cnn":
-            from ..model.sequential import cnn
+            from ..model import cnn
 
             if data.image_shape is None:
                 raise ValueError(f"it holds rows of {data.n_features} features, not images; a CNN takes images "

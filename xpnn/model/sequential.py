@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,25 +12,18 @@ from typing import Any, NamedTuple, overload
 import numpy as np
 
 from ..core.backend import Backend, get_backend, to_numpy
-from ..core.validation import check_bool, check_positive_int, check_real
-from ..io.serialization import FormatError, open_npz, validate_header, write_npz
-from ..nn.layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
-from ..nn.layers.batchnorm import BatchNorm2d
-from ..nn.layers.conv import Conv2d
-from ..nn.layers.pooling import MaxPool2d
-from ..nn.layers.reshape import Flatten
+from ..core.validation import check_positive_int
+from ..io.serialization import FormatError
+from ..nn.layers import Affine, Layer
 from ..nn.losses import Loss, SoftmaxCrossEntropy
 from ..nn.metrics import count_correct, has_accuracy, probabilities
+from . import freezing, saving, summary
 from .onnx import DEFAULT_OPSET, export_onnx
 
-__all__ = ["ACTIVATIONS", "IncompatibleKeys", "Sequential", "cnn", "load", "mlp", "standardized"]
+__all__ = ["IncompatibleKeys", "Sequential"]
 
 # Independent random streams derived from one seed (numpy.random.SeedSequence keys).
 INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM = 0, 1, 2
-
-ACTIVATIONS: dict[str, type[Layer]] = {
-    "relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh, "elu": ELU,
-}
 
 
 class IncompatibleKeys(NamedTuple):
@@ -394,34 +386,13 @@ class Sequential:
         Sequential
             ``self``.
         """
-        for layer in self._select(which, "freeze"):
-            layer.trainable = False
+        freezing.set_trainable(self, which, False, "freeze")
         return self
 
     def unfreeze(self, *which: int | slice | Layer) -> Sequential:
         """Make layers trainable again (arguments as for :meth:`freeze`; none means every layer)."""
-        for layer in self._select(which, "unfreeze"):
-            layer.trainable = True
+        freezing.set_trainable(self, which, True, "unfreeze")
         return self
-
-    def _select(self, which: tuple[Any, ...], what: str) -> list[Layer]:
-        if not which:
-            return list(self.layers)
-        chosen: list[Layer] = []
-        for item in which:
-            if isinstance(item, Layer):
-                if not any(item is layer for layer in self.layers):
-                    raise ValueError(f"{what}: {item!r} is not a layer of this model")
-                chosen.append(item)
-            elif isinstance(item, slice):
-                chosen.extend(self.layers[item])
-            elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
-                if not -len(self.layers) <= item < len(self.layers):
-                    raise IndexError(f"{what}: layer index {item} out of range for {len(self.layers)} layers")
-                chosen.append(self.layers[item])
-            else:
-                raise TypeError(f"{what}: expected layer indices, slices or layers, got {item!r}")
-        return chosen
 
     def state_dict(self) -> dict[str, Any]:
         """Parameters (frozen ones too) and buffers (running statistics) by dotted name."""
@@ -499,12 +470,12 @@ class Sequential:
     @property
     def n_parameters(self) -> int:
         """Number of parameter scalars, trainable and frozen (buffers excluded)."""
-        return sum(_size(value.shape) for value in self.named_parameters().values())
+        return sum(summary.size_of(value.shape) for value in self.named_parameters().values())
 
     @property
     def n_trainable(self) -> int:
         """Number of parameter scalars that optimizers update (those of layers that are not frozen)."""
-        return sum(_size(value.shape) for value in self.named_parameters(trainable_only=True).values())
+        return sum(summary.size_of(value.shape) for value in self.named_parameters(trainable_only=True).values())
 
     def reseed(self, *entropy: int) -> None:
         """Restart every random stream from ``(seed, *entropy, layer index)``: Dropout's masks begin again
@@ -535,17 +506,7 @@ class Sequential:
         ValueError
             Naming the first layer that cannot take what the previous one gives.
         """
-        shape = self.input_shape if input_shape is None else tuple(input_shape)
-        if shape is None:
-            raise ValueError("output_shapes: the model does not know its input shape; pass input_shape, e.g. (784,)")
-        shapes = []
-        for index, layer in enumerate(self.layers):
-            try:
-                shape = tuple(layer.output_shape(shape))
-            except ValueError as error:
-                raise ValueError(f"layer {index}: {error}") from None
-            shapes.append(shape)
-        return shapes
+        return summary.output_shapes(self, input_shape)
 
     def summary(self, input_shape: Sequence[int] | None = None, *,
                 print_fn: Callable[[str], Any] = print) -> None:
@@ -559,32 +520,7 @@ class Sequential:
         print_fn : callable
             Called with each line (as Keras does); e.g. ``lines.append`` to keep the text.
         """
-        shape = self.input_shape if input_shape is None else tuple(input_shape)
-        shapes = self.output_shapes(shape) if shape is not None else None
-        header = ["#", "Layer", *(["Output shape"] if shapes else []), "Params", "Trainable"]
-        rows = []
-        for index, layer in enumerate(self.layers):
-            count = sum(_size(value.shape) for value in layer.params.values())
-            trainable = ("yes" if layer.trainable else "no") if layer.params else "-"
-            shown = [_format_shape(shapes[index])] if shapes else []
-            rows.append([str(index), repr(layer), *shown, f"{count:,}", trainable])
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        numeric = {0, len(header) - 2}
-
-        def line(cells: list[str]) -> str:
-            return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-        rule = "-" * len(line(header))
-        total, trainable_count = self.n_parameters, self.n_trainable
-        text = [f"Sequential on {self.backend.name} ({self.backend.dtype_name})"
-                + (f", input {_format_shape(shape)}" if shape is not None else ""), rule, line(header), rule,
-                *(line(row) for row in rows), rule,
-                f"Loss: {self.loss_fn!r}",
-                f"Total params: {total:,}", f"Trainable params: {trainable_count:,}",
-                f"Non-trainable params: {total - trainable_count:,}"]
-        for text_line in text:
-            print_fn(text_line)
+        summary.print_summary(self, input_shape, print_fn)
 
     def config(self) -> dict[str, Any]:
         """A JSON-serializable description that rebuilds the architecture (frozen layers marked).
@@ -594,20 +530,7 @@ class Sequential:
         TypeError
             When a layer takes constructor arguments but does not say them in ``config()``.
         """
-        layers = []
-        for layer in self.layers:
-            layer._check_config_defined()
-            spec = {"type": type(layer).__name__, **layer.config()}
-            if not layer.trainable:
-                spec["trainable"] = False  # only when frozen, so files of models without freezing do not change
-            layers.append(spec)
-        config: dict[str, Any] = {"layers": layers,
-                                  "loss": {"type": type(self.loss_fn).__name__, **self.loss_fn.config()}}
-        if self.input_shape is not None and not (self.layers and isinstance(self.layers[0], Affine)):
-            config["input_shape"] = list(self.input_shape)  # an Affine first layer says it itself (older files)
-        if self.class_names is not None:
-            config["class_names"] = [str(name) for name in self.class_names]
-        return config
+        return saving.model_config(self)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | str = "cpu", seed: int = 0) -> Sequential:
@@ -619,15 +542,14 @@ class Sequential:
             When ``config`` does not describe a model: a missing or mistyped field, an unknown layer or
             loss type, or arguments its constructor refuses.
         """
-        layers, loss = _from_config(config, "config")
-        model = cls(layers, loss, backend=backend, seed=seed, input_shape=_input_shape(config, "config"))
-        model.class_names = _class_names(config, "config")
+        layers, loss = saving.layers_from_config(config, "config")
+        model = cls(layers, loss, backend=backend, seed=seed, input_shape=saving.input_shape_of(config, "config"))
+        model.class_names = saving.class_names_of(config, "config")
         return model
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write architecture and weights to an ``.npz`` file atomically; the model stays on its device."""
-        arrays = {name: self.backend.to_numpy(value) for name, value in self.state_dict().items()}
-        return write_npz(path, arrays, {"kind": "model", "config": self.config(), "seed": self.seed})
+        return saving.save_model(self, path)
 
     def to_onnx(self, path: str | os.PathLike, *, output: str | None = None, opset: int | None = None,
                 input_shape: Sequence[int] | None = None, dtype: str = "float32") -> Path:
@@ -692,7 +614,7 @@ class Sequential:
         """
         shape = self.input_shape
         if (shape is None or len(shape) < 2 or getattr(x, "ndim", 0) != 2
-                or int(x.shape[1]) != _size(shape)):
+                or int(x.shape[1]) != summary.size_of(shape)):
             return x
         if isinstance(x, np.ndarray):
             return x.reshape(x.shape[0], *shape)
@@ -714,7 +636,7 @@ class Sequential:
         for index, layer in enumerate(self.layers):
             text = f"  ({index}) {layer!r}"
             if shapes is not None:
-                text += f" -> {_format_shape(shapes[index])}"
+                text += f" -> {summary.format_shape(shapes[index])}"
             if layer.params and not layer.trainable:
                 text += "  [frozen]"
             lines.append(text)
@@ -724,291 +646,5 @@ class Sequential:
         if frozen:
             head += f" ({frozen:,} frozen)"
         if self.input_shape is not None:
-            head += f", input {_format_shape(self.input_shape)}"
+            head += f", input {summary.format_shape(self.input_shape)}"
         return head + "\n" + "\n".join(lines)
-
-
-def _size(shape: Sequence[int]) -> int:
-    return int(np.prod(tuple(shape), dtype=np.int64))
-
-
-def _format_shape(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(["N", *(str(n) for n in shape)]) + ")"
-
-
-def load(path: str | os.PathLike, backend: Backend | str = "cpu") -> Sequential:
-    """Load a model for inference onto ``backend`` (any backend) from a model file or a checkpoint.
-
-    Takes what :meth:`Sequential.save` writes and also a checkpoint (``python -m xpnn.train --save``,
-    :func:`xpnn.training.checkpoint.save_checkpoint`): its model is returned, its optimizer state is left unread.
-    To continue training from a checkpoint, use ``--resume`` or :func:`xpnn.training.checkpoint.load_checkpoint`.
-
-    The file is not trusted: its header is checked against a schema, and the shapes its configuration
-    implies (:meth:`Layer.param_shapes`) are compared with the arrays' declared shapes before anything is
-    built or read, so a small file claiming huge layers fails at once. Layers that do not declare their
-    shapes are built and checked afterwards.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``path`` does not exist.
-    FormatError
-        Naming the file, for any other problem (corrupted, crafted, not a model).
-    """
-    source = str(path)
-    with open_npz(path, ("model", "checkpoint")) as npz:
-        layers, loss = _from_config(npz.header["config"], source)
-        if npz.header["kind"] == "checkpoint":  # the model's arrays are "model.<name>"; "optim.*" stay unread
-            foreign = sorted(name for name in npz.shapes if not name.startswith(("model.", "optim.")))
-            if foreign:
-                raise FormatError(f"{source}: unexpected arrays {foreign} in a checkpoint (crafted or corrupted)")
-            names = {name: name[6:] for name in npz.shapes if name.startswith("model.")}
-        else:
-            names = {name: name for name in npz.shapes}
-        _check_declared_shapes(layers, {names[name]: npz.shapes[name] for name in names}, source)
-        arrays = {names[name]: value for name, value in npz.read(names).items()}
-    try:
-        model = Sequential(layers, loss, backend=backend, seed=npz.header.get("seed", 0),
-                           input_shape=_input_shape(npz.header["config"], source))
-    except (ValueError, TypeError, OverflowError, MemoryError) as error:
-        raise FormatError(f"{source}: its configuration cannot be built ({type(error).__name__}: {error})") from None
-    model.load_state_dict(arrays, source=source)
-    model.class_names = _class_names(npz.header["config"], source)
-    return model
-
-
-def _class_names(config: dict[str, Any], source: str) -> list[str] | None:
-    """The class names a configuration records, checked: distinct strings, at least two."""
-    names = config.get("class_names")
-    if names is None:
-        return None
-    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
-            and len(set(names)) == len(names)):
-        raise FormatError(f"{source}: class_names must be a list of at least 2 distinct strings, got "
-                          f"{str(names)[:60]}")
-    return names
-
-
-def _from_config(config: Any, source: str) -> tuple[list[Layer], Loss]:
-    """Unbuilt layers and the loss that ``config`` describes, checked against the configuration schema."""
-    validate_header(config, "config", source)
-    layers = [_construct(Layer.registry, spec, f"layer {index}", source) for index, spec in enumerate(config["layers"])]
-    return layers, _construct(Loss.registry, config["loss"], "loss", source)
-
-
-def _input_shape(config: dict[str, Any], source: str) -> tuple[int, ...] | None:
-    """The per-sample input shape a configuration records (models whose first layer does not imply it)."""
-    shape = config.get("input_shape")
-    if shape is None:
-        return None
-    if not (isinstance(shape, list) and 1 <= len(shape) <= 8
-            and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**31 for n in shape)):
-        raise FormatError(f"{source}: input_shape must be a list of 1 to 8 positive integers, got {shape!r}")
-    return tuple(shape)
-
-
-def _construct(registry: dict[str, type], spec: dict[str, Any], what: str, source: str = "config") -> Any:
-    spec = dict(spec)
-    kind = spec.pop("type")
-    if kind not in registry:
-        known = ", ".join(sorted(name for name in registry if not name.startswith("_")))
-        raise FormatError(f"{source}: unknown {what} type {kind!r} in the saved configuration; if it is a custom "
-                          f"{what.split()[0]}, define or import its class before loading (known: {known})")
-    try:
-        return registry[kind](**spec)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise FormatError(f"{source}: {what} {kind} cannot be made from {spec} ({error})") from None
-
-
-def _check_declared_shapes(layers: list[Layer], found: dict[str, tuple[int, ...]], source: str) -> None:
-    """Compare the arrays a file declares with what its layers will create, before building anything."""
-    declared: dict[str, tuple[int, ...]] = {}
-    undeclared = set()
-    for index, layer in enumerate(layers):
-        if type(layer).param_shapes is Layer.param_shapes:
-            undeclared.add(str(index))
-        else:
-            declared.update({f"{index}.{key}": tuple(shape) for key, shape in layer.param_shapes().items()})
-    missing = sorted(set(declared) - set(found))
-    unexpected = sorted(name for name in found if name not in declared and name.partition(".")[0] not in undeclared)
-    if missing or unexpected:
-        raise FormatError(f"{source}: the arrays do not match the configuration (missing {missing}, "
-                          f"unexpected {unexpected})")
-    for name, shape in declared.items():
-        if found[name] != shape:
-            raise FormatError(f"{source}: array {name!r} has shape {found[name]}, its layer "
-                              f"{type(layers[int(name.partition('.')[0])]).__name__} needs {shape}")
-
-
-def mlp(
-    sizes: Sequence[int],
-    *,
-    activation: str = "relu",
-    init: str | None = None,
-    std: float | None = None,
-    dropout: float = 0.0,
-    batchnorm: bool = False,
-    loss: Loss | None = None,
-    backend: Backend | str = "cpu",
-    seed: int = 0,
-) -> Sequential:
-    """A multilayer perceptron: Affine layers of ``sizes`` with an activation between them.
-
-    Parameters
-    ----------
-    sizes : sequence of int
-        ``[n_in, hidden..., n_out]``, e.g. ``[784, 256, 128, 10]``; inputs are (N, n_in), outputs (N, n_out).
-    activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
-        Hidden activation.
-    init : str, optional
-        Weight initializer (see :mod:`xpnn.initializers`, including the tutorials' ``"fcn_xavier"``); defaults
-        to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
-    std : float, optional
-        Standard deviation when ``init="normal"`` (default 0.01), >= 0.
-    dropout : float
-        Dropout probability after each hidden activation, in [0, 1) (0 disables it).
-    batchnorm : bool
-        Insert BatchNorm1d before each hidden activation.
-    loss, backend, seed
-        As for :class:`Sequential`; the loss defaults to softmax cross-entropy (use
-        :class:`~xpnn.losses.BCEWithLogits` with ``n_out=1`` for binary, :class:`~xpnn.losses.MeanSquaredError`
-        for a regression).
-    """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"mlp: unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-    if isinstance(sizes, str | bytes) or not isinstance(sizes, Sequence) or len(sizes) < 2:
-        raise ValueError(f"mlp: sizes must list at least the input and output sizes, e.g. [784, 10], got {sizes!r}")
-    for index, size in enumerate(sizes):
-        check_positive_int("mlp", f"sizes[{index}]", size)
-    dropout = check_real("mlp", "dropout", dropout, low=0.0, high=1.0, high_open=True)
-    check_bool("mlp", "batchnorm", batchnorm)
-    if std is not None:
-        check_real("mlp", "std", std, low=0.0)
-    if init is None:
-        init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
-    layers: list[Layer] = []
-    for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(Affine(n_in, n_out, init=init, std=std))
-        if index < len(sizes) - 2:
-            if batchnorm:
-                layers.append(BatchNorm1d(n_out))
-            layers.append(ACTIVATIONS[activation]())
-            if dropout > 0:
-                layers.append(Dropout(dropout))
-    return Sequential(layers, loss, backend=backend, seed=seed, input_shape=(int(sizes[0]),))
-
-
-
-def cnn(
-    channels: Sequence[int] = (1, 32, 64),
-    sizes: Sequence[int] = (128, 10),
-    *,
-    image_size: int | tuple[int, int] = 28,
-    kernel_size: int = 3,
-    pool: int = 2,
-    activation: str = "relu",
-    init: str | None = None,
-    dropout: float = 0.5,
-    batchnorm: bool = False,
-    loss: Loss | None = None,
-    backend: Backend | str = "cpu",
-    seed: int = 0,
-) -> Sequential:
-    """A convolutional network: conv blocks of ``channels``, then a multilayer perceptron of ``sizes``.
-
-    Each block is Conv2d (``kernel_size``, stride 1, padding that keeps the size for odd kernels),
-    optionally BatchNorm2d, the activation and MaxPool2d(``pool``); then Flatten and Affine layers with
-    the activation (and dropout) between them. The defaults build the two-conv network that ``--model cnn`` trains:
-    conv 1->32 3x3, ReLU, max-pool 2; conv 32->64 3x3, ReLU, max-pool 2; flatten; 3136->128, ReLU,
-    dropout 0.5; 128->10.
-
-    With ReLU the block pools first and applies ReLU to the pooled values: for finite inputs
-    ``max(relu(x)) == relu(max(x))`` exactly, and the gradients are identical too (a window whose maximum
-    is positive sends it to the same first maximum either way; one whose maximum is <= 0 gets none either
-    way), at a quarter of the activation's cost. (A NaN in a window, or torch's sign of a zero result, can
-    differ; neither changes a loss that is finite.) Other activations keep the order above (saturation
-    could create ties that move the gradient to another element of the window).
-
-    Parameters
-    ----------
-    channels : sequence of int
-        ``[in_channels, block channels...]``, e.g. ``[1, 32, 64]``.
-    sizes : sequence of int
-        Dense layers after flattening, ``[hidden..., n_out]``; the flattened size is computed.
-    image_size : int or (int, int)
-        Height and width of the input images; inputs are (N, channels[0], H, W).
-    kernel_size : int
-        Side of the square convolution kernels (odd sizes keep the spatial size).
-    pool : int
-        Side and stride of the max-pooling windows (1 disables pooling).
-    activation : {"relu", "leaky_relu", "sigmoid", "tanh", "elu"}
-        Activation after every convolution and hidden dense layer.
-    init : str, optional
-        Weight initializer; defaults to ``"he"`` for ReLU-like activations, ``"xavier"`` otherwise.
-    dropout : float
-        Dropout probability after each hidden dense activation (0 disables it).
-    batchnorm : bool
-        Insert BatchNorm2d after each convolution (before the activation).
-    loss, backend, seed
-        As for :class:`Sequential`.
-    """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-    if len(channels) < 2 or len(sizes) < 1:
-        raise ValueError(f"cnn needs at least [in_channels, channels] and [n_out], got {list(channels)} and "
-                         f"{list(sizes)}")
-    if init is None:
-        init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
-    layers: list[Layer] = []
-    shape: tuple[int, ...] = (channels[0], *(image_size if isinstance(image_size, tuple | list) else
-                                            (image_size, image_size)))
-    input_shape = tuple(int(size) for size in shape)
-    for c_in, c_out in itertools.pairwise(channels):
-        conv = Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, init=init)
-        shape = conv.output_shape(shape)
-        layers.append(conv)
-        if batchnorm:
-            layers.append(BatchNorm2d(c_out))
-        block = [ACTIVATIONS[activation](), MaxPool2d(pool)] if pool > 1 else [ACTIVATIONS[activation]()]
-        if activation == "relu":
-            block.reverse()  # pooled first: the same numbers (see the docstring) on a quarter of the elements
-        for layer in block:
-            shape = layer.output_shape(shape)
-        layers.extend(block)
-    layers.append(Flatten())
-    dense = [int(np.prod(shape)), *sizes]
-    for index, (n_in, n_out) in enumerate(itertools.pairwise(dense)):
-        layers.append(Affine(n_in, n_out, init=init))
-        if index < len(dense) - 2:
-            layers.append(ACTIVATIONS[activation]())
-            if dropout > 0:
-                layers.append(Dropout(dropout))
-    return Sequential(layers, loss, backend=backend, seed=seed, input_shape=input_shape)
-
-
-def standardized(model: Sequential, x: Any) -> Sequential:
-    """``model`` with a :class:`~xpnn.layers.Standardize` layer in front, its statistics taken from ``x``.
-
-    Features of (N, D) rows are scaled one by one; images (N, C, H, W) channel by channel. The statistics
-    are saved with the model, so :meth:`Sequential.predict` on raw data applies them.
-
-    Parameters
-    ----------
-    model : Sequential
-        A model that knows its input shape (as :func:`mlp` and :func:`cnn` build); its layers are rebuilt,
-        so their weights are drawn anew from its seed.
-    x : NumPy array, shape ``(N, *model.input_shape)``
-        The training inputs (never validation or test data).
-    """
-    from ..nn.layers.standardize import Standardize
-
-    if model.input_shape is None:
-        raise ValueError("standardized: the model does not know its input shape; build it with input_shape=...")
-    shape = model.input_shape if len(model.input_shape) == 1 else (model.input_shape[0],) + (1,) * (
-        len(model.input_shape) - 1)
-    layer = Standardize(shape)
-    result = Sequential([layer, *model.layers], model.loss_fn, backend=model.backend, seed=model.seed,
-                        check_values=model.check_values, input_shape=model.input_shape)
-    layer.adapt(model.unflatten(np.asarray(x)))
-    result.class_names = model.class_names
-    return result
