@@ -16,6 +16,8 @@ backend is chosen once at run time::
     model.freeze(0)                            # layer 0 stays as it is (also: layer.trainable = False)
 """
 
+import sys as _sys
+
 from . import optim
 from .core import backend  # noqa: F401 (xpnn.backend.to_numpy, as the README uses it)
 from .core.backend import Backend, BackendError, get_backend
@@ -51,6 +53,11 @@ from .training.callbacks import Callback, EarlyStopping, History
 from .training.trainer import DivergenceError, Trainer, fit
 
 __version__ = "0.1.0"
+
+# The modules bound above keep their short import paths too: ``from xpnn.layers import Affine``.
+for _name in ("backend", "callbacks", "data", "initializers", "layers", "losses", "metrics", "trainer"):
+    _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
+del _name
 
 __all__ = [
     "AvgPool2d", "BatchNorm2d", "Conv2d", "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError",
