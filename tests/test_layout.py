@@ -88,23 +88,21 @@ def test_no_import_cycle():
     assert not cycles, cycles
 
 
+def plant(tmp_path, monkeypatch, module: str, line: str) -> None:
+    """Let the checks above read ``module`` with ``line`` appended (a copy; the package is untouched)."""
+    copy = tmp_path / MODULES[module].name
+    copy.write_text(MODULES[module].read_text() + f"\n{line}\n")
+    monkeypatch.setattr(sys.modules[__name__], "MODULES", {**MODULES, module: copy})
+
+
 def test_a_planted_upward_import_is_found(tmp_path, monkeypatch):
-    planted = dict(MODULES)
-    layers = tmp_path / "base.py"
-    layers.write_text(MODULES["xpnn.nn.layers.base"].read_text() + "\nfrom ...training import trainer\n")
-    planted["xpnn.nn.layers.base"] = layers
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", planted)
-    assert "xpnn.training.trainer" in imports("xpnn.nn.layers.base")
+    plant(tmp_path, monkeypatch, "xpnn.nn.layers.base", "from ...training import trainer")
     with pytest.raises(AssertionError, match="xpnn.nn.layers.base imports xpnn.training.trainer"):
         test_imports_point_down_the_layers()
 
 
 def test_a_planted_cycle_is_found(tmp_path, monkeypatch):
-    planted = dict(MODULES)
-    callbacks = tmp_path / "callbacks.py"
-    callbacks.write_text(MODULES["xpnn.training.callbacks"].read_text() + "\nfrom .trainer import Trainer\n")
-    planted["xpnn.training.callbacks"] = callbacks
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", planted)
+    plant(tmp_path, monkeypatch, "xpnn.training.callbacks", "from .trainer import Trainer")
     with pytest.raises(AssertionError, match="xpnn.training.callbacks"):
         test_no_import_cycle()
 
