@@ -41,7 +41,7 @@ from ..io.serialization import FormatError, open_npz, read_npz
 from ..model import ACTIVATIONS, Sequential, mlp, standardized
 from ..nn.initializers import _BY_NAME as INITIALIZERS
 from ..nn.layers.base import LayerTooLargeError
-from ..optim.optimizers import OPTIMIZERS, get_optimizer, get_schedule
+from ..optim import OPTIMIZERS, get_optimizer, get_schedule
 from ..runtime.distributed import DistributedError, Local, communicator, launcher_environment, rank_device
 from ..runtime.heap import retain_freed_memory
 from ..runtime.parallel import AUTO, resolve_workers

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..io.serialization import FormatError, open_npz, validate_header, write_npz
 from ..model.sequential import Sequential
-from ..optim.optimizers import Optimizer
+from ..optim import Optimizer
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 

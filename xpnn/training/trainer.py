@@ -24,7 +24,7 @@ from ..io.progress import ProgressBar
 from ..model.sequential import SHUFFLE_STREAM, Sequential
 from ..nn import metrics
 from ..nn.losses import one_hot
-from ..optim.optimizers import Optimizer, get_schedule
+from ..optim import Optimizer, get_schedule
 from ..runtime.distributed import Local
 from ..runtime.graphs import make_step_graph
 from ..runtime.parallel import ThreadWorkers, eval_step, resolve_workers, train_step
