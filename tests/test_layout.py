@@ -129,3 +129,14 @@ def test_import_xpnn_leaves_the_command_line_and_optional_libraries_out():
             "'mpi4py', 'onnx'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_console_scripts_name_functions_that_exist():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"xpnn-train", "xpnn-export"}
+    for target in scripts.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
