@@ -133,6 +133,7 @@ def test_import_xpnn_leaves_the_command_line_and_optional_libraries_out():
 
 def test_console_scripts_name_functions_that_exist():
     import importlib
+
     import tomllib
 
     scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]

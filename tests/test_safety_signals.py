@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -227,3 +228,24 @@ def test_sigterm_is_put_back_after_an_in_process_run(dataset):
     before = signal.getsignal(signal.SIGTERM)
     assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "1"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_between_the_checkpoint_and_the_metrics_waits_for_both(dataset, tmp_path, monkeypatch, capsys,
+                                                                        signum, code):
+    """The checkpoint and the metrics file of an epoch are written in one block that holds Ctrl-C and SIGTERM."""
+    written = cli_module.ModelCheckpoint.write
+
+    def write_then_signal(self, trainer, epoch):
+        written(self, trainer, epoch)
+        if epoch == 1:  # after the checkpoint of epoch 1, before its metrics
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(cli_module.ModelCheckpoint, "write", write_then_signal)
+    save, metrics = tmp_path / "ck.npz", tmp_path / "m.jsonl"
+    assert cli_module.main(["--data-dir", str(dataset), *FAST, "--epochs", "3", "--save", str(save),
+                            "--metrics", str(metrics)]) == code
+    _, header = checkpoint_state(save)
+    assert header["epoch"] == 1
+    assert [row["epoch"] for row in map(json.loads, metrics.read_text().splitlines())] == [1]  # not one epoch behind
+    assert f"checkpoint after epoch 1 is in {save}" in capsys.readouterr().err

@@ -49,7 +49,7 @@ from .nn.layers import (
 )
 from .nn.losses import BCEWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 from .training import callbacks, trainer
-from .training.callbacks import Callback, EarlyStopping, History
+from .training.callbacks import Callback, EarlyStopping, History, JsonLinesLogger, ModelCheckpoint
 from .training.trainer import DivergenceError, Trainer, fit
 
 __version__ = "0.1.0"
@@ -62,7 +62,8 @@ del _name
 __all__ = [
     "AvgPool2d", "BatchNorm2d", "Conv2d", "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError",
     "BatchNorm1d", "Callback", "DivergenceError", "Dropout", "EarlyStopping", "Flatten", "FormatError", "History",
-    "IncompatibleKeys", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "MeanSquaredError", "Mul", "ReLU", "Sequential",
+    "IncompatibleKeys", "JsonLinesLogger", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "MeanSquaredError",
+    "ModelCheckpoint", "Mul", "ReLU", "Sequential",
     "Sigmoid", "SoftmaxCrossEntropy", "Standardize", "Tanh", "Trainer", "callbacks", "cnn", "data", "export_onnx",
     "fit", "get_backend", "gradcheck", "initializers", "layers", "load", "losses", "metrics", "mlp", "optim",
     "register_onnx_rule", "trainer",

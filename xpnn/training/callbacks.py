@@ -1,13 +1,19 @@
-"""What ``fit()`` reports and who can act on it: the history, callbacks and early stopping."""
+"""What ``fit()`` reports and who can act on it: the history, callbacks, early stopping, and the callbacks that
+write a checkpoint and a metrics file after every epoch."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Protocol
 
+from ..io import files  # files.write_file, looked up at each call: one writer for every file xpnn writes
+from .checkpoint import save_checkpoint
 from .history import History
 
-__all__ = ["Callback", "EarlyStopping", "History", "LambdaCallback", "TrainerLike"]
+__all__ = ["Callback", "EarlyStopping", "History", "JsonLinesLogger", "LambdaCallback", "ModelCheckpoint",
+           "TrainerLike"]
 
 
 class TrainerLike(Protocol):
@@ -127,3 +133,155 @@ class EarlyStopping(Callback):
     def __repr__(self) -> str:
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
                 f"mode={self.mode!r}, restore_best_weights={self.restore_best_weights})")
+
+
+def _is_root(trainer: TrainerLike) -> bool:
+    """Whether this process writes the files: under MPI (``fit(comm=...)``) rank 0 alone does."""
+    comm = getattr(trainer, "comm", None)
+    return comm is None or bool(comm.is_root)
+
+
+def _output_path(path: Any, who: str) -> str | os.PathLike:
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{who}: path must be a file path (str or pathlib.Path), got {path!r}")
+    files.check_output(path)  # a folder, a read-only file, ...: said now, not after the first epoch
+    return path
+
+
+class ModelCheckpoint(Callback):
+    """Save a checkpoint after every epoch: model, optimizer state, epochs done, history and settings.
+
+    Each write replaces the file atomically (see :mod:`xpnn.io.files`), so a run stopped at any moment, even
+    while writing, leaves the checkpoint of its last completed epoch. Resume from it with
+    :func:`xpnn.training.load_checkpoint` and :meth:`xpnn.Trainer.fit` with ``initial_epoch`` (see the
+    example). After a :class:`~xpnn.DivergenceError` nothing is written: the file keeps the last good epoch.
+    Under MPI (``fit(comm=...)``) rank 0 alone writes.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file to write; checked when the callback is made (an existing file is replaced).
+    settings : dict, optional
+        JSON values saved in the header (e.g. your hyperparameters), returned by ``load_checkpoint`` as
+        ``header["settings"]``.
+
+    Attributes
+    ----------
+    saved_epoch : int or None
+        The epoch whose checkpoint the file holds, as written by this callback (None before the first write).
+
+    Raises
+    ------
+    TypeError
+        When ``path`` is not a path or ``settings`` is not a dict of JSON values.
+    xpnn.io.files.OutputError
+        When ``path`` cannot be written (a folder, a read-only file, ...).
+
+    Examples
+    --------
+    >>> import numpy as np, xpnn
+    >>> from xpnn.training import load_checkpoint
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype(int)
+    >>> model = xpnn.mlp([4, 8, 2], seed=0)
+    >>> optimizer = xpnn.optim.Adam(model, lr=0.01)
+    >>> checkpoint = xpnn.ModelCheckpoint("run.npz", settings={"lr": 0.01})
+    >>> _ = xpnn.fit(model, optimizer, x, y, epochs=2, seed=0, verbose=False, callbacks=[checkpoint])
+    >>> checkpoint.saved_epoch
+    2
+
+    Later, in a new process, continue to 5 epochs as if never stopped. Make the :class:`~xpnn.Trainer` before
+    loading: it takes the optimizer's ``lr`` as the base of its schedule, and the checkpoint holds the ``lr`` the
+    schedule had reached.
+
+    >>> model = xpnn.mlp([4, 8, 2], seed=0)
+    >>> optimizer = xpnn.optim.Adam(model, lr=0.01)
+    >>> trainer = xpnn.Trainer(model, optimizer, seed=0)
+    >>> header = load_checkpoint("run.npz", model, optimizer)
+    >>> trainer.history.rows[:] = header["history"]
+    >>> _ = trainer.fit(x, y, epochs=5, initial_epoch=header["epoch"], verbose=False, callbacks=[checkpoint])
+    >>> checkpoint.saved_epoch, len(trainer.history)
+    (5, 5)
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Any] | None = None):
+        self.path = _output_path(path, "ModelCheckpoint")
+        if settings is not None and not isinstance(settings, dict):
+            raise TypeError(f"ModelCheckpoint: settings must be a dict of JSON values, got {type(settings).__name__}")
+        try:
+            json.dumps(settings)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"ModelCheckpoint: settings must hold JSON values (numbers, strings, lists, dicts): "
+                            f"{error}") from None
+        self.settings: dict[str, Any] = {} if settings is None else dict(settings)
+        self.saved_epoch: int | None = None
+
+    def write(self, trainer: TrainerLike, epoch: int) -> None:
+        """Save ``trainer``'s model, optimizer and history as the checkpoint after ``epoch`` (0: before training).
+
+        Rank 0 alone writes under MPI; ``saved_epoch`` is set on every rank.
+        """
+        if _is_root(trainer):
+            save_checkpoint(self.path, trainer.model, trainer.optimizer, epoch, trainer.history.rows, self.settings)
+        self.saved_epoch = epoch
+
+    def on_epoch_end(self, trainer: TrainerLike, row: dict[str, Any]) -> None:
+        self.write(trainer, row["epoch"])
+
+    def __repr__(self) -> str:
+        return f"ModelCheckpoint({os.fspath(self.path)!r})"
+
+
+class JsonLinesLogger(Callback):
+    """Write the history to a JSON Lines file after every epoch: one object per epoch, one per line.
+
+    The rows are those of ``trainer.history`` (``epoch``, ``train_loss``, ``val_loss``, ..., ``lr``,
+    ``seconds``, ``samples_per_second``), as ``python -m xpnn.train --metrics`` writes them. The whole file is
+    replaced atomically each time, so a reader never sees half a line, and it always holds every epoch so far
+    (with a resumed trainer's earlier rows first). ``/dev/null`` works. Under MPI rank 0 alone writes.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write; checked when the callback is made (an existing file is replaced).
+
+    Attributes
+    ----------
+    written : bool
+        Whether the file holds the history up to the last epoch written (False before the first write).
+
+    Raises
+    ------
+    TypeError
+        When ``path`` is not a path.
+    xpnn.io.files.OutputError
+        When ``path`` cannot be written (a folder, a read-only file, ...).
+
+    Examples
+    --------
+    >>> import json, numpy as np, xpnn
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype(int)
+    >>> model = xpnn.mlp([4, 8, 2], seed=0)
+    >>> logger = xpnn.JsonLinesLogger("metrics.jsonl")
+    >>> _ = xpnn.fit(model, xpnn.optim.Adam(model, lr=0.01), x, y, epochs=2, verbose=False, callbacks=[logger])
+    >>> [json.loads(line)["epoch"] for line in open("metrics.jsonl")]
+    [1, 2]
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = _output_path(path, "JsonLinesLogger")
+        self.written = False
+
+    def write(self, trainer: TrainerLike) -> None:
+        """Write every row of ``trainer.history`` now (rank 0 alone under MPI)."""
+        if _is_root(trainer):
+            text = "".join(json.dumps(row) + "\n" for row in trainer.history.rows)
+            files.write_file(self.path, lambda file: file.write(text.encode()))
+        self.written = True
+
+    def on_epoch_end(self, trainer: TrainerLike, row: dict[str, Any]) -> None:
+        self.write(trainer)
+
+    def __repr__(self) -> str:
+        return f"JsonLinesLogger({os.fspath(self.path)!r})"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.serialization import FormatError, open_npz, validate_header, write_npz
-from ..model.sequential import Sequential
+from ..model import Sequential
 from ..optim import Optimizer
 
 __all__ = ["load_checkpoint", "save_checkpoint"]

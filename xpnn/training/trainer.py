@@ -21,7 +21,7 @@ import numpy as np
 from ..core.backend import namespace_of
 from ..core.validation import check_positive_int
 from ..io.progress import ProgressBar
-from ..model.sequential import SHUFFLE_STREAM, Sequential
+from ..model import SHUFFLE_STREAM, Sequential
 from ..nn import metrics
 from ..nn.losses import one_hot
 from ..optim import Optimizer, get_schedule
