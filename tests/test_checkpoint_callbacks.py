@@ -95,7 +95,7 @@ def test_a_run_interrupted_in_epoch_3_resumes_from_epoch_2_to_the_uninterrupted_
     header = load_checkpoint(path, model, optimizer)
     assert header["epoch"] == 2
     trainer.history.rows[:] = header["history"]
-    checkpoint, logger = xpnn.ModelCheckpoint(path), xpnn.JsonLinesLogger(metrics)
+    checkpoint, logger = xpnn.ModelCheckpoint(path, overwrite=True), xpnn.JsonLinesLogger(metrics)
     resumed = trainer.fit(x, y, epochs=EPOCHS, initial_epoch=header["epoch"], validation_data=val, verbose=False,
                           callbacks=[checkpoint, logger])
     assert timeless(resumed.rows) == timeless(straight.rows)
@@ -159,3 +159,23 @@ def test_the_callbacks_are_xpnn_callbacks_exported_at_the_top():
     assert issubclass(xpnn.ModelCheckpoint, xpnn.Callback) and issubclass(xpnn.JsonLinesLogger, xpnn.Callback)
     assert {"ModelCheckpoint", "JsonLinesLogger"} <= set(xpnn.__all__) <= set(dir(xpnn))
     assert xpnn.training.ModelCheckpoint is xpnn.callbacks.ModelCheckpoint is xpnn.ModelCheckpoint
+
+
+def test_an_existing_file_is_refused_unless_overwrite(tmp_path):
+    x, y = blobs()
+    model, optimizer = network()
+    path = tmp_path / "run.npz"
+    xpnn.fit(model, optimizer, x, y, epochs=1, batch_size=32, verbose=False, callbacks=[xpnn.ModelCheckpoint(path)])
+    finished = path.read_bytes()
+    with pytest.raises(FileExistsError, match=r"^ModelCheckpoint: .*run.npz already exists; pass overwrite=True"):
+        xpnn.ModelCheckpoint(path)
+    assert path.read_bytes() == finished
+    for target in (tmp_path / "link.npz", tmp_path / "dangling.npz"):  # links, even to nothing, are someone's
+        target.symlink_to(path if target.name == "link.npz" else tmp_path / "nowhere")
+        with pytest.raises(FileExistsError):
+            xpnn.ModelCheckpoint(target)
+    with pytest.raises(ValueError, match="overwrite must be True or False"):
+        xpnn.ModelCheckpoint(tmp_path / "new.npz", overwrite="yes")
+    again = xpnn.ModelCheckpoint(path, overwrite=True)
+    xpnn.fit(model, optimizer, x, y, epochs=1, batch_size=32, verbose=False, callbacks=[again])
+    assert again.saved_epoch == 1 and path.read_bytes() != finished

@@ -330,7 +330,8 @@ def _train(args: TrainSettings, given: set[str] | None, comm: Any, cleanup: cont
     if (note := session.machine_warning(saved)) and session.comm.is_root:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     settings = session.checkpoint_settings()
-    checkpoint = ModelCheckpoint(args.save, settings=settings) if args.save else None
+    # the command decided already whether an existing --save may be replaced (--resume, --overwrite)
+    checkpoint = ModelCheckpoint(args.save, settings=settings, overwrite=True) if args.save else None
     logger = JsonLinesLogger(args.metrics) if args.metrics else None
     if args.resume:
         resume(session, args.resume, checkpoint)

@@ -8,6 +8,7 @@ import math
 import os
 from typing import Any, Protocol
 
+from ..core.validation import check_bool
 from ..io import files  # files.write_file, looked up at each call: one writer for every file xpnn writes
 from .checkpoint import save_checkpoint
 from .history import History
@@ -160,10 +161,13 @@ class ModelCheckpoint(Callback):
     Parameters
     ----------
     path : str or path-like
-        The ``.npz`` file to write; checked when the callback is made (an existing file is replaced).
+        The ``.npz`` file to write; checked when the callback is made.
     settings : dict, optional
         JSON values saved in the header (e.g. your hyperparameters), returned by ``load_checkpoint`` as
         ``header["settings"]``.
+    overwrite : bool
+        Whether a file already at ``path`` when the callback is made may be replaced (as when resuming into
+        the checkpoint you loaded); by default it is refused, so that a rerun never destroys a finished run.
 
     Attributes
     ----------
@@ -174,6 +178,8 @@ class ModelCheckpoint(Callback):
     ------
     TypeError
         When ``path`` is not a path or ``settings`` is not a dict of JSON values.
+    FileExistsError
+        When ``path`` exists and ``overwrite`` is false.
     xpnn.io.files.OutputError
         When ``path`` cannot be written (a folder, a read-only file, ...).
 
@@ -204,8 +210,11 @@ class ModelCheckpoint(Callback):
     (5, 5)
     """
 
-    def __init__(self, path: str | os.PathLike, settings: dict[str, Any] | None = None):
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Any] | None = None, *, overwrite: bool = False):
         self.path = _output_path(path, "ModelCheckpoint")
+        if not check_bool("ModelCheckpoint", "overwrite", overwrite) and os.path.lexists(path):
+            raise FileExistsError(f"ModelCheckpoint: {os.fspath(path)} already exists; pass overwrite=True to replace "
+                                  "it (to resume into it, say), or choose another path")
         if settings is not None and not isinstance(settings, dict):
             raise TypeError(f"ModelCheckpoint: settings must be a dict of JSON values, got {type(settings).__name__}")
         try:
