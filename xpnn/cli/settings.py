@@ -206,7 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 @dataclasses.dataclass
 class TrainSettings:
     """Everything the flags say, built once from the parsed command line; the run reads this, not the flags.
@@ -248,7 +247,7 @@ class TrainSettings:
     workers_from_checkpoint: bool = False  # --workers not given on --resume: the checkpoint's may give way
 
     @classmethod
-    def from_args(cls, args: TrainSettings) -> TrainSettings:
+    def from_args(cls, args: argparse.Namespace) -> TrainSettings:
         """The settings of a namespace from :func:`build_parser` (one field per flag)."""
         return cls(**vars(args))
 
