@@ -95,7 +95,8 @@ def test_a_run_interrupted_in_epoch_3_resumes_from_epoch_2_to_the_uninterrupted_
     header = load_checkpoint(path, model, optimizer)
     assert header["epoch"] == 2
     trainer.history.rows[:] = header["history"]
-    checkpoint, logger = xpnn.ModelCheckpoint(path, overwrite=True), xpnn.JsonLinesLogger(metrics)
+    checkpoint = xpnn.ModelCheckpoint(path, overwrite=True)
+    logger = xpnn.JsonLinesLogger(metrics, overwrite=True)
     resumed = trainer.fit(x, y, epochs=EPOCHS, initial_epoch=header["epoch"], validation_data=val, verbose=False,
                           callbacks=[checkpoint, logger])
     assert timeless(resumed.rows) == timeless(straight.rows)
@@ -161,21 +162,42 @@ def test_the_callbacks_are_xpnn_callbacks_exported_at_the_top():
     assert xpnn.training.ModelCheckpoint is xpnn.callbacks.ModelCheckpoint is xpnn.ModelCheckpoint
 
 
-def test_an_existing_file_is_refused_unless_overwrite(tmp_path):
+@pytest.mark.parametrize("make", [
+    lambda path: xpnn.ModelCheckpoint(path),
+    lambda path: xpnn.JsonLinesLogger(path),
+], ids=["ModelCheckpoint", "JsonLinesLogger"])
+def test_a_file_with_something_in_it_is_refused_unless_overwrite(tmp_path, make):
     x, y = blobs()
     model, optimizer = network()
-    path = tmp_path / "run.npz"
-    xpnn.fit(model, optimizer, x, y, epochs=1, batch_size=32, verbose=False, callbacks=[xpnn.ModelCheckpoint(path)])
+    path = tmp_path / "run.out"
+    xpnn.fit(model, optimizer, x, y, epochs=1, batch_size=32, verbose=False, callbacks=[make(path)])
     finished = path.read_bytes()
-    with pytest.raises(FileExistsError, match=r"^ModelCheckpoint: .*run.npz already exists; pass overwrite=True"):
-        xpnn.ModelCheckpoint(path)
+    with pytest.raises(FileExistsError, match=r"^\w+: .*run.out already exists; pass overwrite=True"):
+        make(path)
+    (tmp_path / "link.out").symlink_to(path)  # a link to a finished run is that run
+    with pytest.raises(FileExistsError):
+        make(tmp_path / "link.out")
     assert path.read_bytes() == finished
-    for target in (tmp_path / "link.npz", tmp_path / "dangling.npz"):  # links, even to nothing, are someone's
-        target.symlink_to(path if target.name == "link.npz" else tmp_path / "nowhere")
-        with pytest.raises(FileExistsError):
-            xpnn.ModelCheckpoint(target)
-    with pytest.raises(ValueError, match="overwrite must be True or False"):
-        xpnn.ModelCheckpoint(tmp_path / "new.npz", overwrite="yes")
-    again = xpnn.ModelCheckpoint(path, overwrite=True)
-    xpnn.fit(model, optimizer, x, y, epochs=1, batch_size=32, verbose=False, callbacks=[again])
-    assert again.saved_epoch == 1 and path.read_bytes() != finished
+    (tmp_path / "empty.out").touch()  # nothing to lose: an empty file, a link to nowhere yet, /dev/null
+    (tmp_path / "dangling.out").symlink_to(tmp_path / "nowhere")
+    for target in (tmp_path / "empty.out", tmp_path / "dangling.out", "/dev/null"):
+        make(target)
+
+
+def test_overwrite_replaces_and_paths_stay_absolute(tmp_path, monkeypatch):
+    x, y = blobs()
+    model, optimizer = network()
+    monkeypatch.chdir(tmp_path)
+    xpnn.fit(model, optimizer, x, y, epochs=1, batch_size=32, verbose=False,
+             callbacks=[xpnn.ModelCheckpoint("run.npz"), xpnn.JsonLinesLogger("m.jsonl")])
+    finished = (tmp_path / "run.npz").read_bytes()
+    again, log = xpnn.ModelCheckpoint("run.npz", overwrite=True), xpnn.JsonLinesLogger("m.jsonl", overwrite=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the callbacks still write where they were pointed
+    xpnn.fit(model, optimizer, x, y, epochs=2, batch_size=32, verbose=False, callbacks=[again, log])
+    assert again.saved_epoch == 2 and (tmp_path / "run.npz").read_bytes() != finished
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 2
+    assert not list((tmp_path / "elsewhere").iterdir())
+    for make in (xpnn.ModelCheckpoint, xpnn.JsonLinesLogger):
+        with pytest.raises(ValueError, match="overwrite must be True or False"):
+            make(tmp_path / "new.out", overwrite="yes")

@@ -118,6 +118,9 @@ def test_a_planted_cycle_is_found(tmp_path, monkeypatch):
     "from xpnn.initializers import get_initializer",
     "from xpnn.metrics import count_correct",
     "import xpnn.layers, xpnn.backend; xpnn.layers.Affine; xpnn.backend.to_numpy",
+    "from xpnn.layers.base import Layer; import xpnn.nn.layers.base as b; assert Layer is b.Layer",
+    "import xpnn.layers.conv, xpnn.nn.layers.conv; assert xpnn.layers.conv is xpnn.nn.layers.conv",
+    "from xpnn.layers.dropout import Dropout; from xpnn.layers.standardize import Standardize",
 ])
 def test_short_import_paths_work_in_a_fresh_interpreter(statement):
     result = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True)

@@ -55,9 +55,13 @@ from .training.trainer import DivergenceError, Trainer, fit
 __version__ = "0.1.0"
 
 # The modules bound above keep their short import paths too: ``from xpnn.layers import Affine``.
+# Likewise ``from xpnn.layers.base import Layer``: the layer modules under their short names too.
 for _name in ("backend", "callbacks", "data", "initializers", "layers", "losses", "metrics", "trainer"):
     _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
-del _name
+for _name, _module in list(_sys.modules.items()):
+    if _name.startswith(f"{layers.__name__}."):
+        _sys.modules[f"{__name__}.layers.{_name.rpartition('.')[2]}"] = _module
+del _name, _module
 
 __all__ = [
     "AvgPool2d", "BatchNorm2d", "Conv2d", "ELU", "Add", "Affine", "BCEWithLogits", "Backend", "BackendError",

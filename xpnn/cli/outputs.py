@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from typing import Any
+from typing import Any, NoReturn
 
 from ..io.data import input_paths
 from ..io.files import OutputError, check_outputs
@@ -87,7 +87,6 @@ def _existing_save(args: TrainSettings) -> bool:
                    "start over with --overwrite (or delete the file)")
 
 
-
-def _refuse(message: str) -> bool:
+def _refuse(message: str) -> NoReturn:
     raise OutputError(message)
 

@@ -15,7 +15,8 @@ from ..io.data import DATASETS
 from ..io.datafile import DEFAULT_TEST_SIZE
 from ..io.serialization import FormatError
 from ..model import ACTIVATIONS
-from ..nn.initializers import _BY_NAME as INITIALIZERS
+from ..model.builders import default_init
+from ..nn.initializers import INITIALIZERS
 from ..optim import OPTIMIZERS
 from ..runtime.parallel import AUTO
 
@@ -312,7 +313,8 @@ def apply_defaults(args: TrainSettings, given: set[str], saved: dict[str, Any] |
                          "drop --hidden or use --model mlp")
     if saved is not None and "workers" not in saved:
         saved = {**saved, "workers": 1}  # written before --workers existed: one thread trained it
-    if saved is not None and "workers" not in given:  # like --device, a machine's setting: may change (Run warns)
+    # like --device, a machine's setting: it may change on resuming (TrainSession.machine_warning warns)
+    if saved is not None and "workers" not in given:
         args.workers = saved["workers"]
         args.workers_from_checkpoint = True
     if saved is not None and "epochs" in saved:
@@ -332,11 +334,6 @@ def apply_defaults(args: TrainSettings, given: set[str], saved: dict[str, Any] |
                         "optimizer state with these settings, so this run is no longer an exact continuation of "
                         "the one that wrote it (the checkpoints it writes hold the new settings)")
     return warnings
-
-
-def default_init(activation: str) -> str:
-    """The initializer mlp() and cnn() pick when none is given."""
-    return "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
 
 
 def check_settings(saved: Any, path: str) -> dict[str, Any]:

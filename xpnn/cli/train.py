@@ -39,7 +39,7 @@ from ..io.data import DataError, Dataset, SplitSizeError, load_dataset
 from ..io.datafile import load_data_file
 from ..io.files import OutputError
 from ..io.serialization import FormatError, read_npz
-from ..model import Sequential, mlp, standardized
+from ..model import Sequential, cnn, mlp, standardized
 from ..nn.layers.base import LayerTooLargeError
 from ..optim import Optimizer, get_optimizer, get_schedule
 from ..runtime.distributed import DistributedError, Local, communicator, launcher_environment, rank_device
@@ -234,8 +234,6 @@ def _build_model(args: TrainSettings, data: Dataset, backend: Backend) -> tuple[
     """The model and the shape each input row takes for it (None: the MLP takes rows as they are)."""
     std = 0.01 if args.init == "normal" else None
     if args.model == "cnn":
-        from ..model import cnn
-
         if data.image_shape is None:
             raise ValueError(f"it holds rows of {data.n_features} features, not images; a CNN takes images "
                              "(N, H, W) or (N, C, H, W) from an .npz: use --model mlp")
@@ -330,9 +328,9 @@ def _train(args: TrainSettings, given: set[str] | None, comm: Any, cleanup: cont
     if (note := session.machine_warning(saved)) and session.comm.is_root:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     settings = session.checkpoint_settings()
-    # the command decided already whether an existing --save may be replaced (--resume, --overwrite)
+    # the command decided already what it may replace: --save by --resume or --overwrite, --metrics always
     checkpoint = ModelCheckpoint(args.save, settings=settings, overwrite=True) if args.save else None
-    logger = JsonLinesLogger(args.metrics) if args.metrics else None
+    logger = JsonLinesLogger(args.metrics, overwrite=True) if args.metrics else None
     if args.resume:
         resume(session, args.resume, checkpoint)
     session.say(f"xpnn: {session.describe()}")

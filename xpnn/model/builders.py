@@ -13,21 +13,36 @@ import numpy as np
 from ..core.backend import Backend
 from ..core.validation import check_bool, check_positive_int, check_real
 from ..io.serialization import FormatError
-from ..nn.layers import ELU, Affine, BatchNorm1d, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
-from ..nn.layers.batchnorm import BatchNorm2d
-from ..nn.layers.conv import Conv2d
-from ..nn.layers.pooling import MaxPool2d
-from ..nn.layers.reshape import Flatten
-from ..nn.layers.standardize import Standardize
+from ..nn.layers import (
+    ELU,
+    Affine,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Standardize,
+    Tanh,
+)
 from ..nn.losses import Loss
 from .saving import class_names_of, input_shape_of, read_model_file
 from .sequential import Sequential
 
-__all__ = ["ACTIVATIONS", "cnn", "load", "mlp", "standardized"]
+__all__ = ["ACTIVATIONS", "cnn", "default_init", "load", "mlp", "standardized"]
 
 ACTIVATIONS: dict[str, type[Layer]] = {
     "relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh, "elu": ELU,
 }
+
+
+def default_init(activation: str) -> str:
+    """The weight initializer that suits ``activation``: He for ReLU-like ones, Xavier otherwise."""
+    return "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
 
 
 def mlp(
@@ -75,7 +90,7 @@ def mlp(
     if std is not None:
         check_real("mlp", "std", std, low=0.0)
     if init is None:
-        init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
+        init = default_init(activation)
     layers: list[Layer] = []
     for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(Affine(n_in, n_out, init=init, std=std))
@@ -147,7 +162,7 @@ def cnn(
         raise ValueError(f"cnn needs at least [in_channels, channels] and [n_out], got {list(channels)} and "
                          f"{list(sizes)}")
     if init is None:
-        init = "he" if activation in ("relu", "leaky_relu", "elu") else "xavier"
+        init = default_init(activation)
     layers: list[Layer] = []
     shape: tuple[int, ...] = (channels[0], *(image_size if isinstance(image_size, tuple | list) else
                                             (image_size, image_size)))

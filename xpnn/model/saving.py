@@ -3,7 +3,8 @@
 A model file is an ``.npz`` archive (:mod:`xpnn.io.serialization`) whose JSON header holds ``config``: the layers
 and the loss by class name with their constructor arguments, and optionally the input shape and class names.
 Loading looks the names up in :attr:`Layer.registry` and :attr:`Loss.registry`, so a custom layer loads once its
-class is defined.
+class is defined. :func:`xpnn.load` (in :mod:`xpnn.model.builders`) builds the model from what
+:func:`read_model_file` reads.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def input_shape_of(config: dict[str, Any], source: str) -> tuple[int, ...] | Non
 
 
 def construct(registry: dict[str, type], spec: dict[str, Any], what: str, source: str = "config") -> Any:
+    """The object that ``spec`` (``{"type": class name, **constructor arguments}``) names in ``registry``;
+    FormatError naming ``source`` and ``what`` for an unknown type or arguments the constructor refuses."""
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in registry:

@@ -25,7 +25,7 @@ from functools import partial
 
 import numpy as np
 
-__all__ = ["fcn_uniform", "fcn_xavier", "get_initializer", "he", "normal", "uniform", "xavier", "zeros"]
+__all__ = ["INITIALIZERS", "fcn_uniform", "fcn_xavier", "get_initializer", "he", "normal", "uniform", "xavier", "zeros"]
 
 Initializer = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
@@ -75,7 +75,7 @@ def zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape)
 
 
-_BY_NAME: dict[str, Initializer] = {
+INITIALIZERS: dict[str, Initializer] = {
     "normal": normal,
     "uniform": uniform,
     "xavier": xavier,
@@ -102,7 +102,7 @@ def get_initializer(spec: str | Initializer, **kwargs: float) -> Initializer:
     if callable(spec):
         return partial(spec, **kwargs) if kwargs else spec
     try:
-        function = _BY_NAME[spec]
+        function = INITIALIZERS[spec]
     except KeyError:
-        raise ValueError(f"unknown initializer {spec!r}; choose one of {sorted(_BY_NAME)}") from None
+        raise ValueError(f"unknown initializer {spec!r}; choose one of {sorted(INITIALIZERS)}") from None
     return partial(function, **kwargs) if kwargs else function

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from typing import Any, Protocol
 
 from ..core.validation import check_bool
@@ -25,8 +26,10 @@ class TrainerLike(Protocol):
     optimizer: Any
     history: History
     stop_training: bool
+    comm: Any  # the MPI communicator (rank 0 writes the files), or one standing for a single process
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the model's state, to put back with ``model.load_state_dict``."""
 
 
 class Callback:
@@ -142,11 +145,21 @@ def _is_root(trainer: TrainerLike) -> bool:
     return comm is None or bool(comm.is_root)
 
 
-def _output_path(path: Any, who: str) -> str | os.PathLike:
+def _output_path(path: Any, who: str, overwrite: Any) -> str:
+    """``path`` made absolute (a later ``os.chdir`` does not move it), checked now rather than after the first
+    epoch: writable, not a folder, and not a file with something in it unless ``overwrite``."""
     if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
         raise TypeError(f"{who}: path must be a file path (str or pathlib.Path), got {path!r}")
-    files.check_output(path)  # a folder, a read-only file, ...: said now, not after the first epoch
-    return path
+    files.check_output(path)  # a folder, a read-only file, ...
+    if not check_bool(who, "overwrite", overwrite):
+        try:
+            info = os.stat(path)
+        except OSError:  # nothing there (yet)
+            info = None
+        if info is not None and stat.S_ISREG(info.st_mode) and info.st_size > 0:  # /dev/null and empty files pass
+            raise FileExistsError(f"{who}: {os.fspath(path)} already exists; pass overwrite=True to replace it "
+                                  "(to resume into it, say), or choose another path")
+    return os.path.abspath(path)
 
 
 class ModelCheckpoint(Callback):
@@ -166,8 +179,9 @@ class ModelCheckpoint(Callback):
         JSON values saved in the header (e.g. your hyperparameters), returned by ``load_checkpoint`` as
         ``header["settings"]``.
     overwrite : bool
-        Whether a file already at ``path`` when the callback is made may be replaced (as when resuming into
-        the checkpoint you loaded); by default it is refused, so that a rerun never destroys a finished run.
+        Whether a file with something in it, already at ``path`` when the callback is made, may be replaced
+        (as when resuming into the checkpoint you loaded); refused by default, so that a rerun never destroys
+        a finished run. Empty files and ``/dev/null`` are always accepted.
 
     Attributes
     ----------
@@ -205,16 +219,14 @@ class ModelCheckpoint(Callback):
     >>> trainer = xpnn.Trainer(model, optimizer, seed=0)
     >>> header = load_checkpoint("run.npz", model, optimizer)
     >>> trainer.history.rows[:] = header["history"]
-    >>> _ = trainer.fit(x, y, epochs=5, initial_epoch=header["epoch"], verbose=False, callbacks=[checkpoint])
-    >>> checkpoint.saved_epoch, len(trainer.history)
+    >>> again = xpnn.ModelCheckpoint("run.npz", settings=header["settings"], overwrite=True)
+    >>> _ = trainer.fit(x, y, epochs=5, initial_epoch=header["epoch"], verbose=False, callbacks=[again])
+    >>> again.saved_epoch, len(trainer.history)
     (5, 5)
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict[str, Any] | None = None, *, overwrite: bool = False):
-        self.path = _output_path(path, "ModelCheckpoint")
-        if not check_bool("ModelCheckpoint", "overwrite", overwrite) and os.path.lexists(path):
-            raise FileExistsError(f"ModelCheckpoint: {os.fspath(path)} already exists; pass overwrite=True to replace "
-                                  "it (to resume into it, say), or choose another path")
+        self.path = _output_path(path, "ModelCheckpoint", overwrite)
         if settings is not None and not isinstance(settings, dict):
             raise TypeError(f"ModelCheckpoint: settings must be a dict of JSON values, got {type(settings).__name__}")
         try:
@@ -238,7 +250,7 @@ class ModelCheckpoint(Callback):
         self.write(trainer, row["epoch"])
 
     def __repr__(self) -> str:
-        return f"ModelCheckpoint({os.fspath(self.path)!r})"
+        return f"ModelCheckpoint({self.path!r})"
 
 
 class JsonLinesLogger(Callback):
@@ -252,7 +264,9 @@ class JsonLinesLogger(Callback):
     Parameters
     ----------
     path : str or path-like
-        The file to write; checked when the callback is made (an existing file is replaced).
+        The file to write; checked when the callback is made.
+    overwrite : bool
+        Whether a file with something in it already at ``path`` may be replaced; refused by default.
 
     Attributes
     ----------
@@ -263,6 +277,8 @@ class JsonLinesLogger(Callback):
     ------
     TypeError
         When ``path`` is not a path.
+    FileExistsError
+        When ``path`` holds something and ``overwrite`` is false.
     xpnn.io.files.OutputError
         When ``path`` cannot be written (a folder, a read-only file, ...).
 
@@ -278,8 +294,8 @@ class JsonLinesLogger(Callback):
     [1, 2]
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = _output_path(path, "JsonLinesLogger")
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+        self.path = _output_path(path, "JsonLinesLogger", overwrite)
         self.written = False
 
     def write(self, trainer: TrainerLike) -> None:
@@ -293,4 +309,4 @@ class JsonLinesLogger(Callback):
         self.write(trainer)
 
     def __repr__(self) -> str:
-        return f"JsonLinesLogger({os.fspath(self.path)!r})"
+        return f"JsonLinesLogger({self.path!r})"

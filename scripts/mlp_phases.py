@@ -1,0 +1,79 @@
+"""Where an MLP training step at batch 128 spends its time, by phase: microseconds of thread time per step.
+
+    python scripts/mlp_phases.py [--epochs 5]
+
+Trains 784-256-128-10 with SGD on Fashion-MNIST (random data of the same shape where it is not installed)
+with one worker and BLAS held to one thread, so that thread time counts all of a step's work; times the
+forward pass, the loss, the backward pass, the optimizer's update, the batch gather and the accuracy count,
+and prints each one's median over the epochs after an untimed first one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from implementations import load_data
+from threadpoolctl import threadpool_limits
+
+import xpnn
+from xpnn.runtime import parallel
+from xpnn.training.trainer import DeviceData
+
+SPENT: dict[str, int] = defaultdict(int)
+
+
+def timed(name: str, function: Any) -> Any:
+    """``function``, adding its thread time (ns) to SPENT[name] at each call."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time_ns()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            SPENT[name] += time.thread_time_ns() - start
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    epochs = parser.parse_args().epochs
+    x, y, source = load_data()
+    model = xpnn.mlp([784, 256, 128, 10], backend="cpu", seed=0)
+    model.check_values = False
+    optimizer = xpnn.optim.SGD(model, lr=0.01)
+    trainer = xpnn.Trainer(model, optimizer, batch_size=128, seed=0, workers=1)
+    data = trainer.device_data(x, y)
+    model.predict = timed("forward", model.predict)
+    model.backward = timed("backward", model.backward)
+    model.loss_fn.forward = timed("loss", model.loss_fn.forward)
+    optimizer.step = timed("optimizer update", optimizer.step)
+    parallel.metrics.count_correct = timed("accuracy count", parallel.metrics.count_correct)
+    DeviceData.take = timed("batch gather", DeviceData.take)
+    steps = -(-x.shape[0] // 128)
+    per_step: dict[str, list[float]] = defaultdict(list)
+    with threadpool_limits(1):
+        for epoch in range(epochs + 1):
+            SPENT.clear()
+            start = time.thread_time_ns()
+            trainer.train_epoch(data, epoch)
+            SPENT["whole step"] = time.thread_time_ns() - start
+            if epoch:
+                for name, ns in SPENT.items():
+                    per_step[name].append(ns / steps / 1e3)
+    print(f"MLP 784-256-128-10, batch 128, SGD, one worker and one BLAS thread, {source}; median of {epochs} epochs")
+    for name, values in sorted(per_step.items(), key=lambda item: -statistics.median(item[1])):
+        print(f"  {name:17s} {statistics.median(values):8.1f} us per step")
+
+
+if __name__ == "__main__":
+    main()
