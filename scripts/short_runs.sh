@@ -7,7 +7,8 @@
 #   bash scripts/short_runs.sh . /tmp/runs-after
 #   python scripts/compare_runs.py /tmp/runs-before /tmp/runs-after     # exit 1 on any difference
 #
-# About 3 minutes on a 2-core machine. DATA_DIR defaults to Debian's dataset-fashion-mnist.
+# Run it where python is the environment xpnn is installed in (its dependencies). About 3 minutes on a
+# 2-core machine. DATA_DIR (third argument) defaults to Debian's dataset-fashion-mnist.
 set -euo pipefail
 TREE=$(cd "$1" && pwd); OUT=$(mkdir -p "$2" && cd "$2" && pwd); DATA=${3:-/usr/share/datasets/fashion-mnist}
 cd "$TREE"
