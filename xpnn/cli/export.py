@@ -16,19 +16,21 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..io.files import OutputError, check_outputs
 from ..io.serialization import FormatError
 from ..model import load
 from ..model.onnx import DEFAULT_OPSET, OUTPUTS, ExportError, _output_kind, _shapes, export_onnx
+from . import one_line_warnings
+
+PROG = "python -m xpnn.export"
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m xpnn.export",
+        prog=PROG,
         description="Write a trained xpnn model as an ONNX file (dynamic batch axis), e.g. for onnxruntime.")
     parser.add_argument("model", help="a model file (model.save) or a training checkpoint (xpnn-train --save)")
     parser.add_argument("output_file", metavar="OUT.onnx", help="the ONNX file to write (replaced atomically)")
@@ -43,11 +45,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", type=_shape_argument, default=None, metavar="C,H,W",
                         help="shape of one input sample when the file does not record it, e.g. 1,28,28")
     return parser
-
-
-def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                      file: Any = None, line: str | None = None) -> None:
-    print(f"python -m xpnn.export: warning: {str(message).replace('export_onnx: ', '', 1)}", file=sys.stderr)
 
 
 def _newest_opset() -> int | None:
@@ -106,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     .replace("pass input_shape, e.g. input_shape=(1, 28, 28)", "pass --input-shape, e.g. 1,28,28"), 2)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning  # export_onnx's warnings as one line, like the errors
+            warnings.showwarning = one_line_warnings(PROG, drop="export_onnx: ")  # as one line, like the errors
             written = export_onnx(model, args.output_file, output=args.output, opset=args.opset,
                                   input_shape=args.input_shape, dtype=args.dtype)
     except OutputError as error:

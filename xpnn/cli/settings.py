@@ -58,44 +58,24 @@ def _workers(text: str) -> int | str:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
+def _float_where(accept: Callable[[float], bool], expected: str, must: str) -> Callable[[str], float]:
+    """An argparse type: a float that ``accept`` takes (NaN never does), else "expected ..." / "must be ..."."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+_positive_float = _float_where(lambda v: v > 0 and math.isfinite(v), "a number", "a positive finite number")
+_non_negative_float = _float_where(lambda v: v >= 0 and math.isfinite(v), "a number", "a finite number >= 0")
+_fraction = _float_where(lambda v: 0.0 < v < 1.0, "a fraction between 0 and 1", "between 0 and 1 (exclusive)")
+_probability = _float_where(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)", "in [0, 1)")
 
 
 def _hidden(text: str) -> list[int]:

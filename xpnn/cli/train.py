@@ -48,6 +48,7 @@ from ..runtime.parallel import AUTO, resolve_workers
 from ..training.callbacks import JsonLinesLogger, ModelCheckpoint
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import DivergenceError, Trainer
+from . import one_line_warnings
 from .outputs import claim_outputs
 from .plot import has_numbers, plot_history
 from .settings import (
@@ -268,12 +269,6 @@ def resume(session: TrainSession, path: str, checkpoint: ModelCheckpoint | None)
     session.say(f"resumed from {path} after epoch {session.start_epoch}")
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                      file: Any = None, line: str | None = None) -> None:
-    """The library's warnings (e.g. a step that could not be captured) as one line, like the CLI's own."""
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
-
-
 # ---------------------------------------------------------------------- the run
 def train(args: TrainSettings, given: set[str] | None = None, comm: Any = None) -> int:
     """Run one training command; returns the exit status. Locks held for ``--save`` are released on any exit."""
@@ -436,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     held, usage = io.StringIO(), False
     with _quiet_unless(comm.is_root, held), warnings.catch_warnings(), sigterm_as_interrupt(comm.size == 1):
-        warnings.showwarning = _one_line_warning
+        warnings.showwarning = one_line_warnings(PROG)
         try:
             code = _main(parser, args, argv, comm)
         except SystemExit as error:  # parser.error(): a flag found wrong once the data is known
