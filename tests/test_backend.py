@@ -116,3 +116,52 @@ def test_zero_like_accepts_an_unhashable_device(monkeypatch):
     zero = backend_module.zero_like(x)
     assert backend_module.zero_like(x) is zero and zero.dtype == np.float16
     assert list(backend_module._ZEROS) == [(np.ndarray, np.dtype(np.float16), "<Device 7>")]
+
+
+def test_relu_gives_the_bits_of_maximum_with_zero(backend):
+    """The fast path (NumPy: the maximum written into a zeroed array) gives the bits of the array-API formula
+    maximum(x, 0) on the same library, signed zeros, infinities and NaN included, for contiguous inputs and for
+    strided views."""
+    from xpnn.core.backend import zero_like
+
+    values = np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, -1.5, 2.5, 1e-45, -1e-45, -3e38, 3e38], np.float32)
+    host = np.tile(values, 40).reshape(20, 22)
+    x = backend.asarray(host)
+    for a in (x, x[:, ::2], backend.xp.permute_dims(x, (1, 0))):
+        expected = backend.to_numpy(backend.xp.maximum(a, zero_like(a)))
+        got = backend.to_numpy(backend.relu(a))
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert backend.to_numpy(x)[0, 0] == 0 and np.signbit(backend.to_numpy(x)[0, 0])  # the input is left alone
+
+
+def test_relu_keeps_float64(backend64):
+    x = backend64.asarray(np.array([-1.0, 0.5]))
+    y = backend64.relu(x)
+    assert y.dtype == backend64.xp.float64 and backend64.to_numpy(y).tolist() == [0.0, 0.5]
+
+
+def test_column_sums_are_the_product_with_ones_and_keep_few_vectors(backend):
+    rng = np.random.default_rng(0)
+    for rows in (5, 7, 5):
+        host = rng.standard_normal((rows, 3)).astype(np.float32)
+        got = backend.to_numpy(backend.column_sums(backend.asarray(host)))
+        assert got.shape == (3,)
+        assert np.array_equal(got, backend.to_numpy(backend.matmul(backend.ones((rows,)), backend.asarray(host))))
+        np.testing.assert_allclose(got, host.sum(axis=0), rtol=1e-5, atol=1e-6)
+    assert sorted(n for n, _ in backend._ones) == [5, 7]  # one kept vector per length and dtype
+    for rows in range(8, 40):
+        backend.column_sums(backend.zeros((rows, 2)))
+    assert len(backend._ones) <= 16  # odd lengths never pile up
+
+
+def test_column_sums_make_the_ones_anew_where_steps_are_captured(monkeypatch):
+    """A captured CUDA graph would keep reading a kept vector after it was replaced and freed."""
+    backend = get_backend("cpu")
+    monkeypatch.setattr(type(backend), "graphs", property(lambda self: True))
+    made = []
+    real_ones = type(backend).ones
+    monkeypatch.setattr(type(backend), "ones", lambda self, *a, **k: made.append(a) or real_ones(self, *a, **k))
+    for _ in range(3):
+        backend.column_sums(backend.zeros((4, 2)))
+    assert len(made) == 3 and not backend._ones

@@ -51,6 +51,7 @@ class Backend:
     dtype_name: str = "float32"
     name: str = "numpy"
     _library: str = field(default="numpy", repr=False)
+    _ones: dict[tuple[int, Any], Any] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -226,6 +227,38 @@ class Backend:
         ``a @ b``."""
         route = _MATMUL_ROUTE.get()
         return a @ b if route is None else route(a, b)
+
+    def column_sums(self, a: Any) -> Any:
+        """Σ over the rows of ``a`` (N, K) -> (K,), as the product ones(N) · ``a``.
+
+        A matrix-vector product is several times faster than a sum over axis 0 on CuPy (a strided reduction)
+        and on torch's CPU, and no slower on NumPy; the bias gradients of Affine and Conv2d are these sums.
+        The ones vector is kept per length where no step is captured as a CUDA graph; a captured graph would
+        keep reading a kept array after a batch of another length had replaced (and freed) it, so there it is
+        made anew each time.
+        """
+        n = a.shape[0]
+        if self.graphs:
+            return self.matmul(self.ones((n,), dtype=a.dtype), a)
+        key = (n, a.dtype)
+        ones = self._ones.get(key)
+        if ones is None:
+            if len(self._ones) >= 16:  # batch sizes come in few lengths; never let odd ones pile up
+                self._ones.clear()
+            ones = self._ones[key] = self.ones((n,), dtype=a.dtype)
+        return self.matmul(ones, a)
+
+    def relu(self, x: Any) -> Any:
+        """max(``x``, 0) element-wise, in ``x``'s dtype.
+
+        On NumPy the maximum is written into a zeroed array of ``x``'s shape: its loop over two arrays is
+        vectorized and the one over an array and a scalar is not, 2-3 times slower (NumPy 2.4); the bits are
+        the same (-0.0 and NaN included).
+        """
+        if self._library == "numpy":
+            out = np.zeros(x.shape, dtype=x.dtype)
+            return np.maximum(x, out, out=out)
+        return self.xp.maximum(x, zero_like(x))
 
     def unfold_fast(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> Any:
         """im2col of a channels-last ``x`` (N, H, W, C) through strided views, where the library has them.

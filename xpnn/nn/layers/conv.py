@@ -297,8 +297,7 @@ class Conv2d(Layer):
                                            dy_rows[lo * oh * ow : hi * oh * ow, ...])
                 dW = part if dW is None else dW + part
             if self.bias:
-                ones = self.backend.ones((dy_rows.shape[0],), dtype=dy_rows.dtype)
-                self.grads["b"] = self.backend.matmul(ones, dy_rows)  # Σ rows
+                self.grads["b"] = self.backend.column_sums(dy_rows)
         self.cols = self.padded = self.W_matrix = None  # backward runs once per forward
         self.grads["W"] = xp.permute_dims(xp.reshape(dW, (kh, kw, self.in_channels, self.out_channels)),
                                           (3, 2, 0, 1))
