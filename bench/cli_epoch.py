@@ -11,7 +11,9 @@ schedule and batch 128 (or ``--full-batch``): the MLP 784-256-128-10, or the CNN
 64, dense 128) against the same layers in torch.nn. PyTorch runs with its default threads (one per core). The
 seconds per epoch are those each one reports for its epoch with the test evaluation (xpnn's ``seconds`` in
 --metrics). The table gives, over all epochs after the first of every round, the median and the minimum, the
-ratio xpnn / PyTorch of each, and each process's peak resident memory. ``--json PATH`` keeps every number.
+ratio xpnn / PyTorch of each, and each process's peak resident memory; then each round's medians beside a
+probe of the machine taken just before it (a 1024^3 product on one and on two threads), since a shared machine
+can slow down while one side runs. ``--json PATH`` keeps every number.
 """
 
 from __future__ import annotations
@@ -134,7 +136,9 @@ def main() -> None:
         return
     runs: dict[str, list[list[float]]] = {"xpnn": [], "pytorch": []}
     peaks: dict[str, list[float]] = {"xpnn": [], "pytorch": []}
+    probes: list[dict[str, float]] = []
     for _ in range(args.rounds):
+        probes.append(machine_probe())
         for name, run in (("xpnn", xpnn_epochs), ("pytorch", pytorch_epochs)):
             seconds, peak = run(args)
             runs[name].append(seconds)
@@ -153,10 +157,36 @@ def main() -> None:
     print(f"  minimum: xpnn {best['xpnn']:.3f} s, PyTorch {best['pytorch']:.3f} s, "
           f"ratio {best['xpnn'] / best['pytorch']:.2f}")
     print(f"peak resident memory of the whole process: xpnn {peak['xpnn']:.0f} MB, PyTorch {peak['pytorch']:.0f} MB")
+    print("by round (median epoch; a 1024^3 product on one and on two threads just before the round):")
+    for k, probe in enumerate(probes):
+        x, t = (statistics.median(runs[name][k][1:] or runs[name][k]) for name in ("xpnn", "pytorch"))
+        print(f"  {k + 1}: xpnn {x:.3f} s, PyTorch {t:.3f} s, ratio {x / t:.2f}; "
+              f"probe {probe['one_thread_ms']:.1f} / {probe['two_threads_ms']:.1f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": runs, "best": best, "median": median,
-                                               "peak_rss_mb": peaks, "self_maxrss_mb":
+                                               "peak_rss_mb": peaks, "probes": probes, "self_maxrss_mb":
                                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, indent=1))
+
+
+def machine_probe() -> dict[str, float]:
+    """Milliseconds of a float32 1024^3 product on one and on two threads (best of 3), in a fresh process.
+
+    Shared machines change speed under their tenants: a two-thread time well above half the one-thread time
+    says that the second core was busy with someone else's work during that round."""
+    code = ("import json, time, numpy as np; from threadpoolctl import threadpool_limits\n"
+            "a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32); out = {}\n"
+            "for n, key in ((1, 'one_thread_ms'), (2, 'two_threads_ms')):\n"
+            "    with threadpool_limits(n):\n"
+            "        a @ a; best = float('inf')\n"
+            "        for _ in range(3):\n"
+            "            t = time.perf_counter(); a @ a; best = min(best, time.perf_counter() - t)\n"
+            "    out[key] = best * 1e3\n"
+            "print(json.dumps(out))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+    except (subprocess.CalledProcessError, OSError, ValueError):
+        return {"one_thread_ms": float("nan"), "two_threads_ms": float("nan")}
 
 
 def _torch_threads() -> str:
