@@ -160,8 +160,9 @@ def main() -> None:
     print("by round (median epoch; a 1024^3 product on one and on two threads just before the round):")
     for k, probe in enumerate(probes):
         x, t = (statistics.median(runs[name][k][1:] or runs[name][k]) for name in ("xpnn", "pytorch"))
-        print(f"  {k + 1}: xpnn {x:.3f} s, PyTorch {t:.3f} s, ratio {x / t:.2f}; "
-              f"probe {probe['one_thread_ms']:.1f} / {probe['two_threads_ms']:.1f} ms")
+        probed = (f"probe {probe['one_thread_ms']:.1f} / {probe['two_threads_ms']:.1f} ms"
+                  if probe["one_thread_ms"] is not None else "no probe (numpy and threadpoolctl are needed)")
+        print(f"  {k + 1}: xpnn {x:.3f} s, PyTorch {t:.3f} s, ratio {x / t:.2f}; {probed}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": runs, "best": best, "median": median,
                                                "peak_rss_mb": peaks, "probes": probes, "self_maxrss_mb":
@@ -186,7 +187,7 @@ def machine_probe() -> dict[str, float]:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         return json.loads(out)
     except (subprocess.CalledProcessError, OSError, ValueError):
-        return {"one_thread_ms": float("nan"), "two_threads_ms": float("nan")}
+        return {"one_thread_ms": None, "two_threads_ms": None}
 
 
 def _torch_threads() -> str:

@@ -149,10 +149,32 @@ def test_column_sums_are_the_product_with_ones_and_keep_few_vectors(backend):
         assert got.shape == (3,)
         assert np.array_equal(got, backend.to_numpy(backend.matmul(backend.ones((rows,)), backend.asarray(host))))
         np.testing.assert_allclose(got, host.sum(axis=0), rtol=1e-5, atol=1e-6)
-    assert sorted(n for n, _ in backend._ones) == [5, 7]  # one kept vector per length and dtype
+    wide = backend.asarray(rng.standard_normal((5, 3)), dtype=backend.xp.float64)
+    got = backend.column_sums(wide)
+    assert got.dtype == backend.xp.float64
+    np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(wide).sum(axis=0), rtol=1e-12)
+    if backend.graphs:  # steps may be captured as CUDA graphs there: nothing is kept
+        assert not backend._ones
+        return
+    # one kept vector per length and dtype
+    xp = backend.xp
+    expected = [(5, xp.float32), (5, xp.float64), (7, xp.float32)]
+    assert len(backend._ones) == 3
+    assert all(any(n == m and dtype == kept for m, kept in backend._ones) for n, dtype in expected)
     for rows in range(8, 40):
         backend.column_sums(backend.zeros((rows, 2)))
     assert len(backend._ones) <= 16  # odd lengths never pile up
+
+
+def test_relu_keeps_a_views_memory_layout_on_numpy():
+    """A pooled CNN activation is an NCHW view of channels-last memory; ReLU's output keeps that layout, so the
+    next convolution's permutation back to channels-last costs nothing."""
+    backend = get_backend("cpu")
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    y = backend.relu(x)
+    assert y.shape == x.shape and np.array_equal(y, np.maximum(x, 0))
+    assert np.argsort(y.strides).tolist() == np.argsort(x.strides).tolist()
+    assert np.transpose(y, (0, 2, 3, 1)).flags.c_contiguous
 
 
 def test_column_sums_make_the_ones_anew_where_steps_are_captured(monkeypatch):

@@ -51,7 +51,7 @@ class Backend:
     dtype_name: str = "float32"
     name: str = "numpy"
     _library: str = field(default="numpy", repr=False)
-    _ones: dict[tuple[int, Any], Any] = field(default_factory=dict, repr=False, compare=False)
+    _ones: dict[tuple[int, Any], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -251,12 +251,13 @@ class Backend:
     def relu(self, x: Any) -> Any:
         """max(``x``, 0) element-wise, in ``x``'s dtype.
 
-        On NumPy the maximum is written into a zeroed array of ``x``'s shape: its loop over two arrays is
-        vectorized and the one over an array and a scalar is not, 2-3 times slower (NumPy 2.4); the bits are
-        the same (-0.0 and NaN included).
+        On NumPy the maximum is written into a zeroed array of ``x``'s shape and memory layout (a pooled CNN
+        activation stays channels-last): NumPy's loop over two arrays is vectorized and the one over an array
+        and a scalar is not, 2-3 times slower (NumPy 2.4); the bits are the same (-0.0 and NaN included).
         """
-        if self._library == "numpy":
-            out = np.zeros(x.shape, dtype=x.dtype)
+        if isinstance(x, np.ndarray):
+            # zeros() is calloc's fresh zero pages; zeros_like() keeps a view's layout but fills its memory
+            out = np.zeros(x.shape, x.dtype) if x.flags.c_contiguous else np.zeros_like(x, subok=False)
             return np.maximum(x, out, out=out)
         return self.xp.maximum(x, zero_like(x))
 
