@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,14 @@ def cli(*args: str, timeout: float = 120, warnings_as_errors: bool = True, **kwa
     flags = ["-W", "error::RuntimeWarning"] if warnings_as_errors else []
     return subprocess.run([sys.executable, *flags, "-m", "xpnn.train", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **kwargs)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child the test will Ctrl-C: SIGINT back to its default, whatever this process inherited.
+
+    A shell starts background jobs (``cmd &``, ``nohup``) with SIGINT ignored and children inherit that; Python
+    then installs no KeyboardInterrupt handler, and the child would rightly ignore the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

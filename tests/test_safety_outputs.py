@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from tests.cli_helpers import checkpoint_state, cli, metrics, one_error_line, pythonpath
+from tests.cli_helpers import checkpoint_state, cli, interruptible, metrics, one_error_line, pythonpath
 from tests.idx import make_dataset
 from xpnn.io import files
 from xpnn.io.files import OutputError, check_outputs, write_file
@@ -117,7 +117,8 @@ def test_a_second_run_on_the_same_save_is_refused_while_the_first_trains(dataset
     env = {**os.environ, "PYTHONPATH": pythonpath()}
     first = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--epochs", "10000",
                               "--batch-size", "50", "--hidden", "8", "--quiet", "--save", str(save)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 60
         while not save.exists() and time.monotonic() < deadline:  # the epoch-0 checkpoint: training under way

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import xpnn
-from tests.cli_helpers import checkpoint_state, cli, one_error_line, pythonpath
+from tests.cli_helpers import checkpoint_state, cli, interruptible, one_error_line, pythonpath
 from tests.idx import make_dataset
 from xpnn.cli import train as cli_module
 
@@ -50,7 +50,8 @@ def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_pa
     env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
                                 "--epochs", "100000", "--full-batch", "--save", str(save)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=interruptible)
     assert process.stdout.readline().startswith("xpnn:")  # past Python's own start-up and the data loading
     time.sleep(delay * random.uniform(0.8, 1.2))
     process.send_signal(signal.SIGINT)
@@ -211,7 +212,8 @@ def test_sigterm_ends_like_ctrl_c_with_exit_143_and_no_lock_left(dataset, tmp_pa
     env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
                                 "--epochs", "100000", "--full-batch", "--save", str(save), "--workers", workers],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=interruptible)
     assert process.stdout.readline().startswith("xpnn:")
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
