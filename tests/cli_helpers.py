@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,19 @@ def cli(*args: str, timeout: float = 120, warnings_as_errors: bool = True, **kwa
                           text=True, timeout=timeout, env=env, **kwargs)
 
 
-def interruptible() -> None:
-    """``preexec_fn`` for a child the test will Ctrl-C: SIGINT back to its default, whatever this process inherited.
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Children started inside get SIGINT at its default, whatever this process inherited, so a test can Ctrl-C them.
 
-    A shell starts background jobs (``cmd &``, ``nohup``) with SIGINT ignored and children inherit that; Python
-    then installs no KeyboardInterrupt handler, and the child would rightly ignore the test's Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    A shell starts background jobs (``cmd &``, ``nohup``) with SIGINT ignored, and an ignored signal stays ignored
+    across fork and exec: Python in the child then installs no KeyboardInterrupt handler and the run would rightly
+    ignore the test's Ctrl-C. A handler, unlike an ignored signal, is reset to the default by exec. (A
+    ``preexec_fn`` would do the same in the child but forks a process that may hold other threads' locks.)"""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

@@ -115,10 +115,10 @@ def test_continuing_in_place_and_dev_null_need_no_overwrite(dataset, finished, t
 def test_a_second_run_on_the_same_save_is_refused_while_the_first_trains(dataset, tmp_path):
     save = tmp_path / "ck.npz"
     env = {**os.environ, "PYTHONPATH": pythonpath()}
-    first = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--epochs", "10000",
-                              "--batch-size", "50", "--hidden", "8", "--quiet", "--save", str(save)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             preexec_fn=interruptible)
+    with interruptible():
+        first = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--epochs", "10000",
+                                  "--batch-size", "50", "--hidden", "8", "--quiet", "--save", str(save)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60
         while not save.exists() and time.monotonic() < deadline:  # the epoch-0 checkpoint: training under way

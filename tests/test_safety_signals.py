@@ -48,10 +48,10 @@ def test_ctrl_c_outside_the_epoch_loop_is_one_line_and_exit_130(dataset, tmp_pat
 def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_path, delay):
     save = tmp_path / "ck.npz"
     env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
-                                "--epochs", "100000", "--full-batch", "--save", str(save)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=interruptible)
+    with interruptible():
+        process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
+                                    "--epochs", "100000", "--full-batch", "--save", str(save)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().startswith("xpnn:")  # past Python's own start-up and the data loading
     time.sleep(delay * random.uniform(0.8, 1.2))
     process.send_signal(signal.SIGINT)
@@ -212,8 +212,7 @@ def test_sigterm_ends_like_ctrl_c_with_exit_143_and_no_lock_left(dataset, tmp_pa
     env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
                                 "--epochs", "100000", "--full-batch", "--save", str(save), "--workers", workers],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=interruptible)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().startswith("xpnn:")
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
