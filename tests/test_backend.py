@@ -166,6 +166,18 @@ def test_column_sums_are_the_product_with_ones_and_keep_few_vectors(backend):
     assert len(backend._ones) <= 16  # odd lengths never pile up
 
 
+def test_column_sums_keep_no_long_ones_vector(monkeypatch):
+    """A full-batch convolution sums millions of rows: that vector is made for the call and freed after it."""
+    from xpnn.core import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_ONES_KEPT_MAX", 8)
+    backend = get_backend("cpu")
+    got = backend.column_sums(backend.asarray(np.ones((9, 2))))
+    assert backend.to_numpy(got).tolist() == [9.0, 9.0] and not backend._ones
+    backend.column_sums(backend.asarray(np.ones((8, 2))))
+    assert len(backend._ones) == 1
+
+
 def test_relu_keeps_a_views_memory_layout_on_numpy():
     """A pooled CNN activation is an NCHW view of channels-last memory; ReLU's output keeps that layout, so the
     next convolution's permutation back to channels-last costs nothing."""

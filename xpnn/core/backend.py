@@ -233,12 +233,12 @@ class Backend:
 
         A matrix-vector product is several times faster than a sum over axis 0 on CuPy (a strided reduction)
         and on torch's CPU, and no slower on NumPy; the bias gradients of Affine and Conv2d are these sums.
-        The ones vector is kept per length where no step is captured as a CUDA graph; a captured graph would
-        keep reading a kept array after a batch of another length had replaced (and freed) it, so there it is
-        made anew each time.
+        The ones vector is kept per length (up to 2**20 rows, so that a full-batch convolution leaves no large
+        vector behind) where no step is captured as a CUDA graph; a captured graph would keep reading a kept
+        array after a batch of another length had replaced (and freed) it, so there it is made anew each time.
         """
         n = a.shape[0]
-        if self.graphs:
+        if self.graphs or n > _ONES_KEPT_MAX:
             return self.matmul(self.ones((n,), dtype=a.dtype), a)
         key = (n, a.dtype)
         ones = self._ones.get(key)
@@ -532,6 +532,7 @@ class FusedUpdates:
 
 
 _FUSED: dict[str, FusedUpdates] = {}
+_ONES_KEPT_MAX = 1 << 20  # rows up to which Backend.column_sums keeps its ones vector
 _NAMESPACES: dict[type, Any] = {}
 _FLOATING: dict[tuple[type, Any], bool] = {}
 _ZEROS: dict[tuple[type, Any, Any], Any] = {}
