@@ -221,6 +221,45 @@ def test_maxpool_gives_a_tied_window_gradient_to_its_first_maximum_as_torch_does
     assert dx.sum() == 4 and dx[0, 0, 2, 2] == 1
 
 
+@pytest.mark.parametrize("kernel, stride, size", [(2, None, (6, 8)), (2, None, (5, 7)), ((3, 2), (3, 2), (7, 6)),
+                                                  (2, 3, (6, 6)), (1, None, (3, 4))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_fast_backward_gives_the_generic_loops_values(monkeypatch, kernel, stride, size, dtype):
+    """NumPy's backward for windows that do not overlap (Backend.first_max_scatter) against the generic loop,
+    on windows full of ties (first maximum wins), NaN (the last block takes the gradient), infinities, signed
+    zeros and dropped edges: the same values, a zero's sign aside."""
+    backend = xpnn.get_backend("cpu", dtype=np.dtype(dtype).name)
+    rng = np.random.default_rng(3)
+    x = rng.choice(np.array([0.0, -0.0, 1.0, 1.0, -2.0, np.inf, -np.inf, np.nan, 0.5]), size=(3, 4, *size))
+    x[0] = 1.0  # a whole image of ties
+    calls = []
+    fast = type(backend).first_max_scatter
+    monkeypatch.setattr(type(backend), "first_max_scatter",
+                        lambda self, *a: calls.append(1) or fast(self, *a))
+    dy = rng.standard_normal((3, 4, *MaxPool2d(kernel, stride).output_shape((4, *size))[1:])).astype(dtype)
+    dy.flat[::5] = -0.0
+    results = []
+    for use_fast in (True, False):
+        if not use_fast:
+            monkeypatch.setattr(type(backend), "first_max_scatter", lambda self, *a: None)
+        layer = MaxPool2d(kernel, stride).build(backend)
+        layer.forward(backend.asarray(x.astype(dtype)), train=True)
+        results.append(np.asarray(layer.backward(dy)))
+    fast_dx, generic_dx = results
+    assert fast_dx.dtype == dtype and fast_dx.shape == x.shape
+    np.testing.assert_array_equal(fast_dx, generic_dx)
+    assert len(calls) == (kernel != 1)  # taken wherever there is more than one block
+
+
+def test_first_max_scatter_declines_other_libraries():
+    """Elsewhere MaxPool2d keeps its array-API loop; the fast path writes into NumPy arrays only."""
+    strict = xpnn.get_backend("array_api_strict")
+    x = strict.asarray(np.ones((1, 2, 2, 1)))
+    windows = [((slice(None), slice(0, 1), slice(0, 1), slice(None)), x[:, 0:1, 0:1, :])]
+    assert strict.first_max_scatter(strict.zeros((1, 2, 2, 1)), windows * 2, x[:, 0:1, 0:1, :],
+                                    x[:, 0:1, 0:1, :]) is None
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_batchnorm2d_equals_torch_batch_norm(backend64, rng, train):
     torch, F = torch_functional()

@@ -131,11 +131,15 @@ class MaxPool2d(_Pool2d):
         x, y, self.x, self.y = self.x, self.y, None, None
         dy = self._channels_last(dy, contiguous=True)
         dx = self._gradient_buffer(tuple(x.shape), dy.dtype)
+        windows = self._windows(x, self.out)
+        if not self._overlapping and len(windows) > 1:
+            scattered = self.backend.first_max_scatter(dx, windows, y, dy)
+            if scattered is not None:
+                return self._channels_first(scattered)
         # The first block (in row-major kernel order) that attains the max takes the whole gradient, as in
         # PyTorch, so tied inputs never share it: ``remaining`` is dy where no earlier block has won yet, else 0
         # (exact: each entry of ``share`` is either that of ``remaining`` or 0). The last block takes what is
         # left without comparing. A 0/1 mask times dy is several times faster than where() on NumPy.
-        windows = self._windows(x, self.out)
         remaining = dy
         for k, (index, block) in enumerate(windows):
             if k == len(windows) - 1:
