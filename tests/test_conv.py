@@ -248,7 +248,33 @@ def test_maxpool_fast_backward_gives_the_generic_loops_values(monkeypatch, kerne
     fast_dx, generic_dx = results
     assert fast_dx.dtype == dtype and fast_dx.shape == x.shape
     np.testing.assert_array_equal(fast_dx, generic_dx)
-    assert len(calls) == (kernel != 1)  # taken wherever there is more than one block
+    assert bool(calls) == (kernel != 1)  # taken wherever a step has more than one block
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(2, None, (6, 8)), (2, None, (7, 5)), ((3, 2), None, (7, 9)),
+                                                  (3, 2, (7, 7)), (2, 3, (8, 7)), ((1, 3), None, (4, 6))])
+def test_maxpool_gradient_goes_to_each_windows_first_maximum_in_row_major_order(backend64, kernel, stride, size):
+    """Against a plain loop over windows, on values drawn from three, so that most windows hold ties: tiling
+    windows (reduced over columns, then rows), overlapping ones, gaps and dropped edges alike."""
+    rng = np.random.default_rng(5)
+    x = rng.choice(np.array([-1.0, 0.0, 2.0]), size=(2, 3, *size))
+    layer = MaxPool2d(kernel, stride).build(backend64)
+    y = backend64.to_numpy(layer.forward(backend64.asarray(x)))
+    dy = rng.standard_normal(y.shape)
+    dx = backend64.to_numpy(layer.backward(backend64.asarray(dy)))
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    expected_y, expected_dx = np.empty(y.shape), np.zeros(x.shape)
+    for p in range(y.shape[2]):
+        for q in range(y.shape[3]):
+            patch = x[:, :, p * sh : p * sh + kh, q * sw : q * sw + kw].reshape(2, 3, kh * kw)
+            expected_y[:, :, p, q] = patch.max(axis=2)
+            first = patch.argmax(axis=2)  # the first maximum in row-major order
+            for n in range(2):
+                for c in range(3):
+                    i, j = divmod(int(first[n, c]), kw)
+                    expected_dx[n, c, p * sh + i, q * sw + j] += dy[n, c, p, q]
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(dx, expected_dx)
 
 
 def test_first_max_scatter_declines_other_libraries():
