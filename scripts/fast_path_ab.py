@@ -5,7 +5,7 @@
 PATH names a :class:`xpnn.Backend` method that returns None where it does not apply (``first_max_scatter``,
 ``unfold_fast``): with the path off it always returns None, and the layers take their generic array-API code.
 Trains xpnn.cnn() (no dropout, SGD, batch 128) on the first batches of Fashion-MNIST (random data of the same
-shape where it is not installed), one untimed epoch and then ``2 × rounds`` timed ones, on and off in
+shape where it is not installed), an untimed epoch each way and then ``2 × rounds`` timed ones, on and off in
 alternation (ABBA), as the command line does (``retain_freed_memory``, the default workers). Prints
 milliseconds per step for each epoch, the medians and their ratio. The machine's speed drifts between
 minutes, not between neighbouring epochs, so only the ratio of one run means anything.
@@ -44,7 +44,12 @@ def main() -> None:
     data = trainer.device_data(cnn_images(x), y)
     backend_class = type(model.backend)
     fast = getattr(backend_class, args.path)
-    trainer.train_epoch(data, 0)
+    try:
+        for on in (True, False):  # an untimed epoch each way: both have made their arrays once
+            setattr(backend_class, args.path, fast if on else (lambda self, *a, **k: None))
+            trainer.train_epoch(data, 0)
+    finally:
+        setattr(backend_class, args.path, fast)
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
         for round_ in range(args.rounds):

@@ -265,14 +265,28 @@ class Backend:
         """Max pooling's gradient for windows that do not overlap, written into ``dx`` where the library can.
 
         Each element of ``dy`` goes to the first block (in the order of ``windows``) equal to ``y`` there; the
-        last block takes it when none is (a NaN in the window). ``windows`` are (index into ``dx``, block of the
-        input) pairs, each block shaped like ``y`` and ``dy``. On NumPy the winners are tracked as booleans and
-        each share is multiplied straight into its place in ``dx``: no float mask, no running remainder and no
-        copy into ``dx`` afterwards (about 15 % faster alone, more with two workers on one memory bus). The
-        values are those of :class:`xpnn.layers.MaxPool2d`'s generic loop, except that a zero it writes as 0.0
-        may be -0.0 here. Returns ``dx``, or None on other libraries.
+        last block takes it when none is (a NaN in the window). On NumPy the winners are tracked as booleans and
+        dy times each block's boolean is written straight into its place in ``dx``: no float mask, no running
+        remainder and no copy into ``dx`` afterwards. For a finite ``dy`` the values are those of
+        :class:`xpnn.layers.MaxPool2d`'s generic loop, except that a zero it writes as 0.0 may be -0.0 here; an
+        infinite element of ``dy`` reaches its winner as itself, where the loop's remainder (inf - inf) gives NaN.
+
+        Parameters
+        ----------
+        dx : array (N, H, W, C)
+            The input's gradient, channels-last, written in place. Entries no window covers are left as they are.
+        windows : list of (tuple of slice, array (N, oh, ow, C))
+            For each kernel offset, in row-major order: its index into ``dx`` (basic slices) and the block of
+            the input it reads. The indices must not overlap: each entry of ``dx`` is written once.
+        y, dy : arrays (N, oh, ow, C)
+            The pooled output and its gradient.
+
+        Returns
+        -------
+        array or None
+            ``dx``, or None on libraries other than NumPy and for a single window, which the caller then handles.
         """
-        if self._library != "numpy" or not isinstance(dx, np.ndarray):
+        if self._library != "numpy" or not isinstance(dx, np.ndarray) or len(windows) < 2:
             return None
         taken = np.equal(windows[0][1], y)
         np.multiply(dy, taken, out=dx[windows[0][0]])

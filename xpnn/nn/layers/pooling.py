@@ -132,7 +132,7 @@ class MaxPool2d(_Pool2d):
         dy = self._channels_last(dy, contiguous=True)
         dx = self._gradient_buffer(tuple(x.shape), dy.dtype)
         windows = self._windows(x, self.out)
-        if not self._overlapping and len(windows) > 1:
+        if not self._overlapping:
             scattered = self.backend.first_max_scatter(dx, windows, y, dy)
             if scattered is not None:
                 return self._channels_first(scattered)
