@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +16,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from tests.cli_helpers import cli, one_error_line
+from tests.cli_helpers import cli, interruptible, one_error_line, pythonpath
 from tests.idx import make_dataset
 from xpnn.nn.layers import Affine, BatchNorm1d, Layer, ReLU
 from xpnn.runtime.parallel import replica, shard_bounds
@@ -199,6 +204,74 @@ def test_an_error_in_a_worker_thread_reaches_the_caller():
     trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.1), batch_size=16, seed=0, workers=2)
     with pytest.raises(RuntimeError, match="larger than 100"):
         trainer.train_epoch(trainer.device_data(x, np.zeros(16, dtype=np.int64)), 0)
+
+
+STEPS_UNDER_SIGNALS = """
+import signal, sys, time
+import numpy as np
+import xpnn
+from xpnn.runtime.parallel import ThreadWorkers
+
+model = xpnn.cnn((1, 3, 4), (6, 3), image_size=8, dropout=0.0, backend="cpu", seed=3)
+workers = ThreadWorkers(model, 2)
+rng = np.random.default_rng(0)
+x = model.backend.asarray(rng.normal(size=(16, 1, 8, 8)))
+labels = model.backend.asarray(rng.integers(0, 3, 16))
+targets = model.backend.asarray(np.eye(3)[rng.integers(0, 3, 16)])
+steps = interrupts = 0
+inside = False
+
+
+def interrupt(signum, frame):  # Ctrl-C inside a step only: the loop's own bookkeeping is not under test
+    if inside:
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, interrupt)
+with workers.epoch():
+    print("ready", flush=True)
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        try:
+            inside = True
+            workers.step(x, targets, labels)
+            inside = False
+            steps += 1
+        except KeyboardInterrupt:
+            inside = False  # no call or backward jump before this: Python runs no handler in between
+            interrupts += 1
+    for _ in range(3):  # the signals have stopped: every step must still run to its end
+        workers.step(x, targets, labels)
+print(steps, interrupts, flush=True)
+"""
+
+
+def test_ctrl_c_at_any_moment_of_a_threaded_step_leaves_the_workers_usable(tmp_path):
+    """Ctrl-C lands wherever this thread is, also while it waits for the workers. Waiting inside the
+    Python-level locks of concurrent.futures, it could leave a future's lock held, after which the worker could
+    not start its next task: the next step, or the interpreter's exit, waited for ever. Hundreds of signals at
+    random moments; the steps after them must still finish, and the process exit."""
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two workers need two cores")
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS_UNDER_SIGNALS)
+    with interruptible():
+        child = subprocess.Popen([sys.executable, str(script), "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env={**os.environ, "PYTHONPATH": pythonpath()})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 3
+        rng = random.Random(0)
+        while time.monotonic() < deadline and child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            time.sleep(rng.uniform(0.0005, 0.01))
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    steps, interrupts = map(int, out.split())
+    assert interrupts > 50 and steps > 0
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # none may escape from a worker thread

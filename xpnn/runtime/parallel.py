@@ -22,15 +22,18 @@ and the CLI keeps ``--workers`` with the other settings of a checkpoint.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import copy
 import importlib.util
+import itertools
 import math
 import numbers
 import os
+import queue
+import threading
 import types
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -176,7 +179,9 @@ class ThreadWorkers:
 
         self.model, self.workers = model, workers
         self._blas = ThreadpoolController()
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="xpnn-worker")
+        self._lanes: list[_Lane] = []  # one per extra worker, started when first needed
+        self._tickets = itertools.count()
+        weakref.finalize(self, _Lane.stop_all, self._lanes)
         self.replicas: list[Any] = []
 
     @contextlib.contextmanager
@@ -227,18 +232,28 @@ class ThreadWorkers:
         return sum(loss for loss, _ in results), _total_hits(results)
 
     def _map(self, run: Any, n: int) -> tuple[list[tuple[int, int]], list[Any], list[Any]]:
-        """``run(model, lo, hi)`` for each shard of ``range(n)``, the first in this thread, the rest in workers."""
+        """``run(model, lo, hi)`` for each shard of ``range(n)``, the first in this thread, the rest in workers.
+
+        This thread waits for every worker before it returns or raises, even when its own shard failed or a
+        signal (Ctrl-C, SIGTERM) interrupted it: no worker runs on into the next step."""
         bounds = shard_bounds(n, self.workers)
         models = self._models(len(bounds))
-        # Each worker runs in a copy of this thread's context, so that np.errstate (a context variable) holds
-        # there too: fit() reports overflow once, as divergence, not as warnings from every thread.
-        futures = [self._pool.submit(contextvars.copy_context().run, run, model, lo, hi)
-                   for model, (lo, hi) in zip(models[1:], bounds[1:], strict=True)]
+        while len(self._lanes) < len(bounds) - 1:
+            self._lanes.append(_Lane(f"xpnn-worker_{len(self._lanes)}"))
+        ticket = next(self._tickets)
+        lanes = self._lanes[: len(bounds) - 1]
+        for lane, model, (lo, hi) in zip(lanes, models[1:], bounds[1:], strict=True):
+            # A copy of this thread's context, so that np.errstate (a context variable) holds in the worker too:
+            # fit() reports overflow once, as divergence, not as warnings from every thread.
+            lane.submit(ticket, contextvars.copy_context().run, run, model, lo, hi)
         try:
             results = [run(models[0], *bounds[0])]
-        finally:  # never leave a worker running into the next step, even when this thread failed
-            concurrent.futures.wait(futures)
-        return bounds, models, results + [future.result() for future in futures]
+        finally:
+            outcomes = [lane.result(ticket) for lane in lanes]
+        for failed, value in outcomes:
+            if failed:
+                raise value
+        return bounds, models, results + [value for _, value in outcomes]
 
     @staticmethod
     def _combine(models: list[Any], weights: list[float], inplace: bool = False) -> None:
@@ -268,6 +283,48 @@ class ThreadWorkers:
                     for weight, layer in zip(weights[1:], layers[1:], strict=True):
                         total = total + weight * layer.grads[key]
                 first.grads[key] = total
+
+class _Lane:
+    """One worker thread and its two queues: tasks in, (failed, result or exception) out, each tagged with a
+    ticket.
+
+    Only C-level queue operations pass between the threads. A signal handler that raises (Ctrl-C, SIGTERM) can
+    stop the waiting thread at any bytecode; inside the Python-level locking of concurrent.futures it could
+    leave a future's lock held, and the worker, then unable to take it, would keep the interpreter from
+    exiting. A result whose ticket is not the one awaited (left by a wait that a second signal cut short)
+    is dropped. The thread is a daemon and stops when its ThreadWorkers is collected.
+    """
+
+    def __init__(self, name: str):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, args=(self.tasks, self.results), name=name, daemon=True).start()
+
+    def submit(self, ticket: int, function: Any, *args: Any) -> None:
+        self.tasks.put((ticket, function, args))
+
+    def result(self, ticket: int) -> tuple[bool, Any]:
+        """(failed, the task's return value or its exception) of the task submitted with ``ticket``."""
+        while True:
+            got, failed, value = self.results.get()
+            if got == ticket:
+                return failed, value
+
+    @staticmethod
+    def _serve(tasks: queue.SimpleQueue, results: queue.SimpleQueue) -> None:
+        while (task := tasks.get()) is not None:
+            ticket, function, args = task
+            try:
+                results.put((ticket, False, function(*args)))
+            except BaseException as error:  # handed to the waiting thread, which raises it
+                results.put((ticket, True, error))
+            del task, function, args  # hold no model between steps
+
+    @staticmethod
+    def stop_all(lanes: list[_Lane]) -> None:
+        for lane in lanes:
+            lane.tasks.put(None)
+
 
 def train_step(model: Any, x: Any, targets: Any, truth: Any, first: int = 0) -> tuple[Any, Any]:
     """Forward and backward of one batch: (mean loss, correct count against ``truth`` or None); ``first`` is
