@@ -44,13 +44,17 @@ def test_ctrl_c_outside_the_epoch_loop_is_one_line_and_exit_130(dataset, tmp_pat
     assert err and len(err) <= 2 and "interrupted" in err[0] and "Traceback" not in "".join(err)
 
 
+@pytest.mark.parametrize("workers", ["auto", "2"])
 @pytest.mark.parametrize("delay", [0.05, 0.4, 0.8, 1.2, 1.6, 2.5])
-def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_path, delay):
+def test_sigint_at_a_random_moment_leaves_a_resumable_checkpoint(dataset, tmp_path, delay, workers):
+    """Two workers: the signal may land while the calling thread waits for the other one."""
+    if workers != "auto" and int(workers) > len(os.sched_getaffinity(0)):
+        pytest.skip("--workers 2 needs two cores")
     save = tmp_path / "ck.npz"
     env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     with interruptible():
         process = subprocess.Popen([sys.executable, "-m", "xpnn.train", "--data-dir", str(dataset), "--hidden", "16",
-                                    "--epochs", "100000", "--full-batch", "--save", str(save)],
+                                    "--epochs", "100000", "--full-batch", "--save", str(save), "--workers", workers],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().startswith("xpnn:")  # past Python's own start-up and the data loading
     time.sleep(delay * random.uniform(0.8, 1.2))
