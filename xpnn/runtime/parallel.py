@@ -284,6 +284,7 @@ class ThreadWorkers:
                         total = total + weight * layer.grads[key]
                 first.grads[key] = total
 
+
 class _Lane:
     """One worker thread and its two queues: tasks in, (failed, result or exception) out, each tagged with a
     ticket.
@@ -291,7 +292,7 @@ class _Lane:
     Only C-level queue operations pass between the threads. A signal handler that raises (Ctrl-C, SIGTERM) can
     stop the waiting thread at any bytecode; inside the Python-level locking of concurrent.futures it could
     leave a future's lock held, and the worker, then unable to take it, would keep the interpreter from
-    exiting. A result whose ticket is not the one awaited (left by a wait that a second signal cut short)
+    exiting. A result whose ticket is not the one awaited (left behind by a step that a signal cut short)
     is dropped. The thread is a daemon and stops when its ThreadWorkers is collected.
     """
 
