@@ -27,20 +27,31 @@ import xpnn
 from xpnn.runtime.heap import retain_freed_memory
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", choices=["first_max_scatter", "unfold_fast"], help="the Backend method to switch")
-    parser.add_argument("--batches", type=int, default=80)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--workers", type=lambda text: text if text == "auto" else int(text), default="auto")
+    parser.add_argument("--batches", type=positive, default=80)
+    parser.add_argument("--rounds", type=positive, default=8)
+    parser.add_argument("--workers", type=lambda text: text if text == "auto" else positive(text), default="auto")
     args = parser.parse_args()
     retain_freed_memory()
     batch = 128
     x, y, source = load_data(batch * args.batches)
     model = xpnn.cnn(dropout=0.0, backend="cpu", seed=0)
     model.check_values = False
-    trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=0.01), batch_size=batch, seed=0,
-                                   workers=args.workers)
+    try:
+        trainer = xpnn.trainer.Trainer(model, xpnn.optim.SGD(model, lr=0.01), batch_size=batch, seed=0,
+                                       workers=args.workers)
+    except ValueError as error:  # e.g. more workers than cores
+        parser.error(str(error))
     data = trainer.device_data(cnn_images(x), y)
     backend_class = type(model.backend)
     fast = getattr(backend_class, args.path)
