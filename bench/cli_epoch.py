@@ -11,9 +11,16 @@ schedule and batch 128 (or ``--full-batch``): the MLP 784-256-128-10, or the CNN
 64, dense 128) against the same layers in torch.nn. PyTorch runs with its default threads (one per core). The
 seconds per epoch are those each one reports for its epoch with the test evaluation (xpnn's ``seconds`` in
 --metrics). The table gives, over all epochs after the first of every round, the median and the minimum, the
-ratio xpnn / PyTorch of each, and each process's peak resident memory; then each round's medians beside a
-probe of the machine taken just before it (a 1024^3 product on one and on two threads), since a shared machine
-can slow down while one side runs. ``--json PATH`` keeps every number.
+ratio xpnn / PyTorch of each, and each process's peak resident memory; then each round's medians beside the
+probes of the machine taken before, between and after its two processes.
+
+A shared virtual machine changes under its tenants. Its two cores may exchange data quickly ("near") or
+slowly ("far": seen here when the host places them apart, with a core-to-core round trip 2.4 times as long
+and each core alone as fast as before). In the far state every two-thread step that passes arrays between
+the cores slows down, xpnn's and PyTorch's alike, while a one-thread step does not. The probe tells the two
+apart by a small product (128x256 by 256x128, the size of the MLP's) on two threads against one: about 0.65
+of the one-thread time when near, above 1 when far. The summary then gives the ratio again over the rounds
+whose three probes all read the same state, one line per state. ``--json PATH`` keeps every number.
 """
 
 from __future__ import annotations
@@ -28,8 +35,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
 
 
 def run_child(command: list[str]) -> tuple[str, float]:
@@ -123,9 +142,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="xpnn --device (default: cpu)")
     parser.add_argument("--workers", default=None, help="xpnn --workers (default: the CLI's own, auto)")
     parser.add_argument("--torch-device", default="cpu", help="PyTorch device (default: cpu)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per process (default: 3)")
-    parser.add_argument("--batch", type=int, default=128, help="batch size (default: 128)")
+    parser.add_argument("--rounds", type=positive, default=5, help="interleaved rounds (default: 5)")
+    parser.add_argument("--epochs", type=positive, default=3, help="epochs per process (default: 3)")
+    parser.add_argument("--batch", type=positive, default=128, help="batch size (default: 128)")
     parser.add_argument("--full-batch", action="store_true", help="one step per epoch (default: off)")
     parser.add_argument("--json", default=None, help="write every epoch's seconds here (default: none)")
     parser.add_argument("--pytorch-child", action="store_true", help=argparse.SUPPRESS)
@@ -136,13 +155,15 @@ def main() -> None:
         return
     runs: dict[str, list[list[float]]] = {"xpnn": [], "pytorch": []}
     peaks: dict[str, list[float]] = {"xpnn": [], "pytorch": []}
-    probes: list[dict[str, float]] = []
+    probes: list[list[dict[str, Any]]] = []
     for _ in range(args.rounds):
-        probes.append(machine_probe())
+        probed = [machine_probe()]
         for name, run in (("xpnn", xpnn_epochs), ("pytorch", pytorch_epochs)):
             seconds, peak = run(args)
             runs[name].append(seconds)
             peaks[name].append(peak)
+            probed.append(machine_probe())
+        probes.append(probed)
     kept = {name: [s for epochs in rounds for s in epochs[1:] or epochs] for name, rounds in runs.items()}
     best = {name: min(values) for name, values in kept.items()}
     median = {name: statistics.median(values) for name, values in kept.items()}
@@ -157,37 +178,77 @@ def main() -> None:
     print(f"  minimum: xpnn {best['xpnn']:.3f} s, PyTorch {best['pytorch']:.3f} s, "
           f"ratio {best['xpnn'] / best['pytorch']:.2f}")
     print(f"peak resident memory of the whole process: xpnn {peak['xpnn']:.0f} MB, PyTorch {peak['pytorch']:.0f} MB")
-    print("by round (median epoch; a 1024^3 product on one and on two threads just before the round):")
-    for k, probe in enumerate(probes):
+    print("by round (median epoch; the state and the small product's two-thread / one-thread time before xpnn, "
+          "between, after PyTorch):")
+    for k, probed in enumerate(probes):
         x, t = (statistics.median(runs[name][k][1:] or runs[name][k]) for name in ("xpnn", "pytorch"))
-        probed = (f"probe {probe['one_thread_ms']:.1f} / {probe['two_threads_ms']:.1f} ms"
-                  if probe["one_thread_ms"] is not None else "no probe (numpy and threadpoolctl are needed)")
-        print(f"  {k + 1}: xpnn {x:.3f} s, PyTorch {t:.3f} s, ratio {x / t:.2f}; {probed}")
+        states = ", ".join(f"{p['state']} {p['small_ratio']:.2f}" if p["state"] else "no probe" for p in probed)
+        print(f"  {k + 1}: xpnn {x:.3f} s, PyTorch {t:.3f} s, ratio {x / t:.2f}; {states}")
+    print("rounds whose three probes read one state (median epoch):")
+    by_state = medians_by_state(runs, probes)
+    for state in ("near", "far"):
+        if state not in by_state:
+            print(f"  {state}: no round")
+            continue
+        rounds, x, t = by_state[state]
+        print(f"  {state} ({rounds} of {len(probes)} rounds): xpnn {x:.3f} s, PyTorch {t:.3f} s, ratio {x / t:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": runs, "best": best, "median": median,
-                                               "peak_rss_mb": peaks, "probes": probes, "self_maxrss_mb":
+                                               "peak_rss_mb": peaks, "probes": probes, "by_state": by_state,
+                                               "self_maxrss_mb":
                                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, indent=1))
 
 
-def machine_probe() -> dict[str, float]:
-    """Milliseconds of a float32 1024^3 product on one and on two threads (best of 3), in a fresh process.
+def medians_by_state(runs: dict[str, list[list[float]]],
+                     probes: list[list[dict[str, Any]]]) -> dict[str, tuple[int, float, float]]:
+    """For each state that every probe of some round read: (those rounds, xpnn's median epoch in them, PyTorch's).
 
-    Shared machines change speed under their tenants: a two-thread time well above half the one-thread time
-    says that the second core was busy with someone else's work during that round."""
-    code = ("import json, time, numpy as np; from threadpoolctl import threadpool_limits\n"
-            "a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32); out = {}\n"
+    ``runs[name][k]`` holds round k's epochs (the first left out when there are more) and ``probes[k]`` its
+    probes. A round with a probe in another state, or with no probe, counts for no state.
+    """
+    out = {}
+    for state in ("near", "far"):
+        same = [k for k, probed in enumerate(probes) if probed and all(p["state"] == state for p in probed)]
+        if same:
+            out[state] = (len(same), *(statistics.median(s for k in same for s in runs[name][k][1:] or runs[name][k])
+                                       for name in ("xpnn", "pytorch")))
+    return out
+
+
+NEAR_BELOW = 0.85  # the small product's two-thread / one-thread time: about 0.65 near, 1.1 far (here)
+
+
+def machine_probe() -> dict[str, Any]:
+    """The machine's state now, measured in a fresh process: ``small_ratio`` (a 128x256 by 256x128 float32
+    product on two threads over one, median of 5 batches of 100), ``state`` ("near" below ``NEAR_BELOW``, else
+    "far"; None without numpy and threadpoolctl) and a 1024^3 product's milliseconds on one and on two threads
+    (best of 3), the probe of earlier runs."""
+    code = ("import json, statistics, time, numpy as np; from threadpoolctl import threadpool_limits\n"
+            "rng = np.random.default_rng(0); out, small = {}, {}\n"
+            "a, b = rng.random((128, 256), dtype=np.float32), rng.random((256, 128), dtype=np.float32)\n"
+            "big = rng.random((1024, 1024), dtype=np.float32)\n"
             "for n, key in ((1, 'one_thread_ms'), (2, 'two_threads_ms')):\n"
             "    with threadpool_limits(n):\n"
-            "        a @ a; best = float('inf')\n"
+            "        for _ in range(50): a @ b\n"
+            "        times = []\n"
+            "        for _ in range(5):\n"
+            "            t = time.perf_counter()\n"
+            "            for _ in range(100): a @ b\n"
+            "            times.append(time.perf_counter() - t)\n"
+            "        small[n] = statistics.median(times)\n"
+            "        big @ big; best = float('inf')\n"
             "        for _ in range(3):\n"
-            "            t = time.perf_counter(); a @ a; best = min(best, time.perf_counter() - t)\n"
+            "            t = time.perf_counter(); big @ big; best = min(best, time.perf_counter() - t)\n"
             "    out[key] = best * 1e3\n"
+            "out['small_ratio'] = small[2] / small[1]\n"
             "print(json.dumps(out))")
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        return json.loads(out)
+        out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                        check=True).stdout)
     except (subprocess.CalledProcessError, OSError, ValueError):
-        return {"one_thread_ms": None, "two_threads_ms": None}
+        return {"one_thread_ms": None, "two_threads_ms": None, "small_ratio": None, "state": None}
+    out["state"] = "near" if out["small_ratio"] < NEAR_BELOW else "far"
+    return out
 
 
 def _torch_threads() -> str:
