@@ -71,11 +71,11 @@ class Affine(Layer):
 
     def backward(self, dy: Any) -> Any:
         self.backward_params(dy)
-        return self.backend.matmul(dy, self.xp.matrix_transpose(self.params["W"]))
+        return self.backend.matmul(dy, self.params["W"].T)  # .T: the array API's transpose of a 2-d array
 
     def backward_params(self, dy: Any) -> None:
         x, self.x = self.x, None  # release the input: backward runs once per forward
-        self.grads["W"] = self.backend.matmul(self.xp.matrix_transpose(x), dy)
+        self.grads["W"] = self.backend.matmul(x.T, dy)
         if self.bias:
             self.grads["b"] = self.backend.column_sums(dy)
 
