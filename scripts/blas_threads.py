@@ -2,13 +2,14 @@
 
     python scripts/blas_threads.py [--epochs 3]
 
-On a shared machine the second core can be busy with another tenant's work for minutes at a time; OpenBLAS
-splits each product of the step evenly between its threads and waits for the slower one, so the MLP's
-eleven small products per step suffer most. Alternating the two settings epoch by epoch in one process
-shows which one this machine favours now (a change of state between processes would otherwise pass for a
-difference between the settings). Also checks whether the two settings give the same weights after a few
-steps from the same start: they do not (the products over 784 inputs are blocked differently), which is
-why xpnn does not switch between them on timing.
+A shared virtual machine's two cores sometimes trade data slowly ("far" in bench/cli_epoch.py's probe,
+printed before each epoch): then every two-thread step that passes arrays between the cores slows down,
+and the MLP's eleven small products per step, each split between the two threads, suffer most, while one
+thread keeps its speed. Alternating the two settings epoch by epoch in one process shows which one the
+machine favours now (a change of state between processes would otherwise pass for a difference between
+the settings). Also checks whether the two settings give the same weights after a few steps from the same
+start: they do not (OpenBLAS blocks the products over 784 inputs differently on one thread and on two),
+which is why xpnn does not switch between them on timing.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+from cli_epoch import machine_probe, positive
 from implementations import load_data
 
 import xpnn
+from xpnn.runtime.heap import retain_freed_memory
 
 
 def trainer(x: np.ndarray, y: np.ndarray) -> tuple[xpnn.Trainer, object]:
@@ -37,8 +40,9 @@ def trainer(x: np.ndarray, y: np.ndarray) -> tuple[xpnn.Trainer, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=positive, default=3, help="timed epochs of each (default: 3)")
     epochs = parser.parse_args().epochs
+    retain_freed_memory()  # as the command line does
     x, y, source = load_data()
     weights = []
     for threads in (1, 2):  # ten steps each from the same initial weights
@@ -54,6 +58,7 @@ def main() -> None:
         with threadpool_limits(threads):
             t.train_epoch(data, 0)  # untimed
     for epoch in range(1, epochs + 1):
+        state = machine_probe()["state"] or "unprobed"
         row = []
         for threads in ((1, 2) if epoch % 2 else (2, 1)):
             t, data = runs[threads]
@@ -62,7 +67,7 @@ def main() -> None:
                 t.train_epoch(data, epoch)
                 row.append((threads, time.perf_counter() - start))
         times = ", ".join(f"{n} thread{'s' * (n > 1)} {s:.3f} s" for n, s in sorted(row))
-        print(f"  epoch {epoch}: {times}")
+        print(f"  epoch {epoch} ({state}): {times}")
 
 
 if __name__ == "__main__":

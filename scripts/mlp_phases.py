@@ -1,11 +1,14 @@
-"""Where an MLP training step at batch 128 spends its time, by phase: microseconds of thread time per step.
+"""Where an MLP training step at batch 128 spends its time, by phase: microseconds per step.
 
-    python scripts/mlp_phases.py [--epochs 5]
+    python scripts/mlp_phases.py [--epochs 5] [--wall]
 
 Trains 784-256-128-10 with SGD on Fashion-MNIST (random data of the same shape where it is not installed)
 with one worker and BLAS held to one thread, so that thread time counts all of a step's work; times the
 forward pass, the loss, the backward pass, the optimizer's update, the batch gather and the accuracy count,
-and prints each one's median over the epochs after an untimed first one.
+and prints each one's median over the epochs after an untimed first one. Freed memory stays in the process
+(``retain_freed_memory``), as on the command line. ``--wall`` times the same phases by the clock with BLAS
+on its default threads instead, as the command line trains: a phase that waits for the other core, or
+reads what the other core wrote, then shows it.
 """
 
 from __future__ import annotations
@@ -21,32 +24,39 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+from cli_epoch import positive
 from implementations import load_data
 from threadpoolctl import threadpool_limits
 
 import xpnn
 from xpnn.runtime import parallel
+from xpnn.runtime.heap import retain_freed_memory
 from xpnn.training.trainer import DeviceData
 
 SPENT: dict[str, int] = defaultdict(int)
+CLOCK = time.thread_time_ns
 
 
 def timed(name: str, function: Any) -> Any:
-    """``function``, adding its thread time (ns) to SPENT[name] at each call."""
+    """``function``, adding its time by CLOCK (ns) to SPENT[name] at each call."""
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.thread_time_ns()
+        start = CLOCK()
         try:
             return function(*args, **kwargs)
         finally:
-            SPENT[name] += time.thread_time_ns() - start
+            SPENT[name] += CLOCK() - start
     return wrapper
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    epochs = parser.parse_args().epochs
+    parser.add_argument("--epochs", type=positive, default=5, help="timed epochs (default: 5)")
+    parser.add_argument("--wall", action="store_true", help="clock time, BLAS on its default threads")
+    args = parser.parse_args()
+    global CLOCK
+    epochs, CLOCK = args.epochs, time.perf_counter_ns if args.wall else time.thread_time_ns
+    retain_freed_memory()
     x, y, source = load_data()
     model = xpnn.mlp([784, 256, 128, 10], backend="cpu", seed=0)
     model.check_values = False
@@ -61,16 +71,17 @@ def main() -> None:
     DeviceData.take = timed("batch gather", DeviceData.take)
     steps = -(-x.shape[0] // 128)
     per_step: dict[str, list[float]] = defaultdict(list)
-    with threadpool_limits(1):
+    with threadpool_limits(None if args.wall else 1):
         for epoch in range(epochs + 1):
             SPENT.clear()
-            start = time.thread_time_ns()
+            start = CLOCK()
             trainer.train_epoch(data, epoch)
-            SPENT["whole step"] = time.thread_time_ns() - start
+            SPENT["whole step"] = CLOCK() - start
             if epoch:
                 for name, ns in SPENT.items():
                     per_step[name].append(ns / steps / 1e3)
-    print(f"MLP 784-256-128-10, batch 128, SGD, one worker and one BLAS thread, {source}; median of {epochs} epochs")
+    how = "clock time, BLAS on its default threads" if args.wall else "thread time, one BLAS thread"
+    print(f"MLP 784-256-128-10, batch 128, SGD, one worker, {how}, {source}; median of {epochs} epochs")
     for name, values in sorted(per_step.items(), key=lambda item: -statistics.median(item[1])):
         print(f"  {name:17s} {statistics.median(values):8.1f} us per step")
 
