@@ -15,12 +15,13 @@ ratio xpnn / PyTorch of each, and each process's peak resident memory; then each
 probes of the machine taken before, between and after its two processes.
 
 A shared virtual machine changes under its tenants. Its two cores may exchange data quickly ("near") or
-slowly ("far": seen here when the host places them apart, with a core-to-core round trip 2.4 times as long
-and each core alone as fast as before). In the far state every two-thread step that passes arrays between
-the cores slows down, xpnn's and PyTorch's alike, while a one-thread step does not. The probe tells the two
-apart by a small product (128x256 by 256x128, the size of the MLP's) on two threads against one: about 0.65
-of the one-thread time when near, above 1 when far. The summary then gives the ratio again over the rounds
-whose three probes all read the same state, one line per state. ``--json PATH`` keeps every number.
+slowly ("far": a core-to-core round trip 2.4 times as long, each core alone as fast as before, as if the
+host had placed them apart; ``scripts/core_pingpong.c``). In the far state the small products a step splits
+between two threads slow down, xpnn's and PyTorch's alike, while one thread's do not. The probe tells the two
+apart by a product of the MLP's size (128x256 by 256x128) on two threads against one: about 0.65 of the
+one-thread time when near, about 1.1 when far; with fewer than two cores, or a BLAS that threadpoolctl cannot
+limit, it names no state. The summary then gives the ratio again over the rounds whose three probes all read
+the same state, one line per state. ``--json PATH`` keeps every number.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def main() -> None:
     print(f"{args.model}, cores {len(os.sched_getaffinity(0))}, xpnn --device {args.device} --workers "
           f"{args.workers or 'auto (default)'}, PyTorch on {args.torch_device} with {_torch_threads()} threads, "
           f"{batch}, {args.rounds} rounds x {args.epochs} epochs")
-    print("seconds per epoch with its test evaluation, epochs after each process's first:")
+    kept_epochs = "epochs after each process's first" if args.epochs > 1 else "each process's only epoch"
+    print(f"seconds per epoch with its test evaluation, {kept_epochs}:")
     print(f"  median: xpnn {median['xpnn']:.3f} s, PyTorch {median['pytorch']:.3f} s, "
           f"ratio {median['xpnn'] / median['pytorch']:.2f}")
     print(f"  minimum: xpnn {best['xpnn']:.3f} s, PyTorch {best['pytorch']:.3f} s, "
@@ -221,9 +223,15 @@ NEAR_BELOW = 0.85  # the small product's two-thread / one-thread time: about 0.6
 def machine_probe() -> dict[str, Any]:
     """The machine's state now, measured in a fresh process: ``small_ratio`` (a 128x256 by 256x128 float32
     product on two threads over one, median of 5 batches of 100), ``state`` ("near" below ``NEAR_BELOW``, else
-    "far"; None without numpy and threadpoolctl) and a 1024^3 product's milliseconds on one and on two threads
-    (best of 3), the probe of earlier runs."""
-    code = ("import json, statistics, time, numpy as np; from threadpoolctl import threadpool_limits\n"
+    "far"; None, with the other fields, where fewer than two cores are usable, or without numpy, threadpoolctl
+    or a BLAS it can limit) and a 1024^3 product's milliseconds on one and on two threads (best of 3), the
+    probe of earlier runs."""
+    nothing = {"one_thread_ms": None, "two_threads_ms": None, "small_ratio": None, "state": None}
+    if len(os.sched_getaffinity(0)) < 2:
+        return nothing
+    code = ("import json, statistics, time, numpy as np\n"
+            "from threadpoolctl import threadpool_info, threadpool_limits\n"
+            "if not any(i['user_api'] == 'blas' for i in threadpool_info()): raise SystemExit(3)\n"
             "rng = np.random.default_rng(0); out, small = {}, {}\n"
             "a, b = rng.random((128, 256), dtype=np.float32), rng.random((256, 128), dtype=np.float32)\n"
             "big = rng.random((1024, 1024), dtype=np.float32)\n"
@@ -246,7 +254,7 @@ def machine_probe() -> dict[str, Any]:
         out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                         check=True).stdout)
     except (subprocess.CalledProcessError, OSError, ValueError):
-        return {"one_thread_ms": None, "two_threads_ms": None, "small_ratio": None, "state": None}
+        return nothing
     out["state"] = "near" if out["small_ratio"] < NEAR_BELOW else "far"
     return out
 

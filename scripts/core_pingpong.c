@@ -14,6 +14,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 enum { ROUND_TRIPS = 300000 };
@@ -30,7 +31,11 @@ static void pin(int core) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(core, &set);
-    sched_setaffinity(0, sizeof set, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+        fprintf(stderr, "core_pingpong: cannot run on core %d (this process may use fewer cores); "
+                        "run it where cores 0 and 1 are both allowed\n", core);
+        exit(2);
+    }
 }
 
 static void *answer(void *unused) {
@@ -54,7 +59,10 @@ static double serial_ms(int core) {
 int main(void) {
     pthread_t other;
     pin(0);
-    pthread_create(&other, NULL, answer, NULL);
+    if (pthread_create(&other, NULL, answer, NULL) != 0) {
+        fprintf(stderr, "core_pingpong: cannot start the second thread\n");
+        return 2;
+    }
     double start = now(), stalled = 0.0;
     long stalls = 0;
     for (long i = 0; i < ROUND_TRIPS; i++) {

@@ -21,18 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+from cli_epoch import positive
 from implementations import cnn_images, load_data
 
 import xpnn
 from xpnn.runtime.heap import retain_freed_memory
-
-
-def positive(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return value
 
 
 def main() -> None:

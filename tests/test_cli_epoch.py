@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_medians_by_state_leaves_out_a_state_no_round_stayed_in_and_rounds_witho
 @pytest.mark.parametrize("flag, value", [("--rounds", "0"), ("--epochs", "-1"), ("--batch", "x"), ("--rounds", "1.5")])
 def test_counts_must_be_whole_numbers_of_at_least_one(flag, value):
     result = subprocess.run([sys.executable, str(BENCH / "cli_epoch.py"), flag, value], capture_output=True,
-                            text=True)
+                            text=True, timeout=60)
     assert result.returncode == 2
     assert f"argument {flag}: must be a whole number >= 1" in result.stderr
     assert "Traceback" not in result.stderr
@@ -48,6 +49,28 @@ def test_counts_must_be_whole_numbers_of_at_least_one(flag, value):
 
 def test_machine_probe_names_the_state_its_small_product_reads():
     pytest.importorskip("threadpoolctl")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the probe compares two threads with one: this process may use one core")
     out = cli_epoch.machine_probe()
     assert out["small_ratio"] > 0 and out["one_thread_ms"] > 0 and out["two_threads_ms"] > 0
     assert out["state"] == ("near" if out["small_ratio"] < cli_epoch.NEAR_BELOW else "far")
+
+
+NOTHING = {"one_thread_ms": None, "two_threads_ms": None, "small_ratio": None, "state": None}
+
+
+def test_machine_probe_names_no_state_when_its_process_fails(monkeypatch):
+    def fail(*args, **kwargs):
+        raise subprocess.CalledProcessError(3, args[0])
+
+    monkeypatch.setattr(cli_epoch.subprocess, "run", fail)
+    assert cli_epoch.machine_probe() == NOTHING
+
+
+def test_machine_probe_names_no_state_on_one_core(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("no probe process on one core")
+
+    monkeypatch.setattr(cli_epoch.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(cli_epoch.subprocess, "run", refuse)
+    assert cli_epoch.machine_probe() == NOTHING
