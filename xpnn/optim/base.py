@@ -149,9 +149,7 @@ class Optimizer:
                 if self.model.backend.launch_bound:  # one launch per operation for all parameters
                     self.update_flat(layout, layout.params, layout.flatten(grads), layout.state)
                 else:  # the same operations per view: no copy of the gradients into one buffer
-                    for i, g in enumerate(grads):
-                        state = {kind: views[i] for kind, views in layout.state_views.items()}
-                        self.update_flat(layout, layout.views[i], g, state)
+                    self.update_views(layout, grads)
                 return
         for name, layer, key in self.trained_slots():
             p, g = layer.params[key], layer.grads[key]
@@ -180,6 +178,12 @@ class Optimizer:
             return layout
         self._flat = FlatLayout.build(self, slots)
         return self._flat
+
+    def update_views(self, layout: FlatLayout, grads: list[Any]) -> None:
+        """:meth:`update_flat` for each view of the flat buffers, given each one's gradient (in slot order)."""
+        for i, g in enumerate(grads):
+            state = {kind: views[i] for kind, views in layout.state_views.items()}
+            self.update_flat(layout, layout.views[i], g, state)
 
     def update_flat(self, layout: FlatLayout, p: Any, g: Any, state: dict[str, Any]) -> None:
         """Update ``p`` (the flat buffer or one view of it) and its ``state`` arrays in place from gradient ``g``."""

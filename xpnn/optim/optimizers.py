@@ -29,6 +29,14 @@ class SGD(Optimizer):
         else:
             p -= layout.current_lr() * g
 
+    def update_views(self, layout: FlatLayout, grads: list[Any]) -> None:
+        if self.weight_decay or self.model.backend.fused is not None:
+            super().update_views(layout, grads)
+            return
+        lr = layout.current_lr()  # what update_inplace reads per view, read once: the same arithmetic
+        for p, g in zip(layout.views, grads, strict=True):
+            p -= lr * g
+
 
 class Momentum(Optimizer):
     """SGD with momentum (PyTorch's form): v ← μ·v + g; p ← p - lr·v, or p - lr·(g + μ·v) with Nesterov.
