@@ -13,6 +13,8 @@ core's serial time, and the median of each phase in µs per step. Run it with no
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import statistics
 import subprocess
@@ -55,16 +57,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.0, help="how long to loop (default: 6)")
     parser.add_argument("--pingpong", default=None, help="the compiled scripts/core_pingpong.c (default: none)")
     args = parser.parse_args()
-    if not args.minutes > 0:
-        parser.error(f"--minutes must be above 0, got {args.minutes}")
-    if args.pingpong is not None and not Path(args.pingpong).is_file():
-        parser.error(f"--pingpong {args.pingpong}: no such file; build it with "
+    if not 0 < args.minutes < math.inf:
+        parser.error(f"--minutes must be a finite number above 0, got {args.minutes}")
+    if args.pingpong is not None and not (Path(args.pingpong).is_file() and os.access(args.pingpong, os.X_OK)):
+        parser.error(f"--pingpong {args.pingpong}: not an executable file; build it with "
                      "gcc -O2 -pthread scripts/core_pingpong.c -o /tmp/core_pingpong")
     blocks: dict[str, list[dict[str, Any]]] = defaultdict(list)
     end = time.monotonic() + 60 * args.minutes
     while time.monotonic() < end:
         before = machine_probe()
-        block = {**pingpong(args.pingpong), **phases()}
+        try:
+            block = {**pingpong(args.pingpong), **phases()}
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            sys.exit(f"machine_states.py: {error}")
         after = machine_probe()
         same = before["state"] if before["state"] == after["state"] else None
         print(f"{time.strftime('%H:%M:%S')} {before['state']} -> {after['state']}: whole step "
