@@ -126,3 +126,96 @@ def test_fused_gpu_updates_equal_the_generic_formulas_bit_for_bit(make, dtype, m
     fused, generic = train(True), train(False)
     for name in generic:
         np.testing.assert_array_equal(fused[name], generic[name], err_msg=name)
+
+
+# ---------------------------------------------------------------- SGD stepping inside backward
+def sgd_runs(backend, steps=4, prepare=None, **options):
+    """The same MLP trained by backward_step() and by backward() + step(): the two models and optimizers."""
+    rng = np.random.default_rng(1)
+    x = backend.asarray(rng.standard_normal((96, 40)))
+    y = backend.asarray(rng.integers(0, 6, 96))
+    runs = []
+    for fused in (True, False):
+        model = xpnn.mlp([40, 48, 32, 6], backend=backend, seed=0)
+        if prepare is not None:
+            prepare(model)
+        opt = SGD(model, lr=0.05, **options)
+        for _ in range(steps):
+            model.loss(x, y)
+            if fused:
+                opt.backward_step()
+            else:
+                model.backward()
+                opt.step()
+        runs.append((model, opt))
+    return runs
+
+
+def test_sgd_backward_step_matches_backward_then_step_to_rounding():
+    backend = xpnn.get_backend("cpu")
+    (fused, fused_opt), (plain, plain_opt) = sgd_runs(backend)
+    assert fused_opt.steps == plain_opt.steps == 4
+    for name, value in fused.named_parameters().items():
+        reference = plain.named_parameters()[name]
+        np.testing.assert_allclose(value, reference, rtol=1e-5, atol=1e-6, err_msg=name)
+    # the dense weights moved inside their products: no gradient formed; the biases kept theirs
+    gradients = fused.named_gradients()
+    assert [name for name, g in gradients.items() if g is None] == ["0.W", "2.W", "4.W"]
+    for name in ("0.b", "2.b", "4.b"):
+        np.testing.assert_array_equal(gradients[name], plain.named_gradients()[name])
+
+
+def test_sgd_backward_step_moves_weights_by_the_gradient_in_float64():
+    """In float64 the weights after one fused step are W - lr·(xᵀ·dy) of the plain run, to rounding."""
+    (fused, _), (plain, _) = sgd_runs(xpnn.get_backend("cpu", "float64"), steps=1)
+    for name, value in fused.named_parameters().items():
+        np.testing.assert_allclose(value, plain.named_parameters()[name], rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def test_sgd_backward_step_leaves_frozen_and_untrained_weights_alone():
+    backend = xpnn.get_backend("cpu")
+    start = xpnn.mlp([40, 48, 32, 6], backend=backend, seed=0).state_dict()
+
+    def freeze_first(model):
+        model.freeze(0)
+
+    (fused, _), (plain, _) = sgd_runs(backend, prepare=freeze_first, params=["2.W", "2.b"])
+    for name in ("0.W", "0.b", "4.W", "4.b"):
+        np.testing.assert_array_equal(fused.named_parameters()[name], start[name])
+    assert fused.named_gradients()["4.W"] is not None  # computed as usual, left to the step (which skips it)
+    assert fused.named_gradients()["2.W"] is None
+    np.testing.assert_allclose(fused.named_parameters()["2.W"], plain.named_parameters()["2.W"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"weight_decay": 0.01}, {"inplace": False}], ids=["weight_decay", "generic"])
+def test_sgd_backward_step_is_backward_then_step_where_it_cannot_fuse(options):
+    (fused, _), (plain, _) = sgd_runs(xpnn.get_backend("cpu"), **options)
+    for name, value in fused.named_parameters().items():
+        np.testing.assert_array_equal(value, plain.named_parameters()[name], err_msg=name)
+    assert all(g is not None for g in fused.named_gradients().values())
+
+
+def test_sgd_backward_step_on_other_libraries_is_backward_then_step(backend):
+    (fused, _), (plain, _) = sgd_runs(backend, steps=2)
+    if backend.name == "numpy":
+        pytest.skip("NumPy fuses (tested above)")
+    for name, value in fused.named_parameters().items():
+        np.testing.assert_array_equal(backend.to_numpy(value), backend.to_numpy(plain.named_parameters()[name]))
+
+
+def test_backward_step_without_a_loss_changes_nothing():
+    model = xpnn.mlp([4, 3, 2], backend="cpu", seed=0)
+    opt = SGD(model, lr=0.1)
+    before = {k: np.array(v, copy=True) for k, v in model.named_parameters().items()}
+    with pytest.raises(RuntimeError, match="backward\\(\\) needs a loss"):
+        opt.backward_step()
+    assert opt.steps == 0
+    for name, value in model.named_parameters().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_set_grad_product_outside_a_step_is_the_product(rng):
+    layer = xpnn.layers.Affine(5, 3).build("cpu")
+    a, b = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((7, 3)).astype(np.float32)
+    layer.set_grad_product("W", a, b)
+    np.testing.assert_array_equal(layer.grads["W"], a @ b)

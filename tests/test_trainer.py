@@ -121,3 +121,25 @@ def test_a_bad_evaluation_batch_size_is_refused(value):
     model = xpnn.mlp([4, 3], seed=0)
     with pytest.raises(ValueError, match="Trainer: eval_batch_size must be a positive integer"):
         Trainer(model, xpnn.optim.SGD(model, lr=0.1), eval_batch_size=value)
+
+
+@pytest.mark.parametrize("make, fused", [(xpnn.optim.SGD, True), (xpnn.optim.Momentum, False)], ids=["sgd", "momentum"])
+def test_one_process_steps_through_the_optimizers_backward_step(make, fused):
+    """SGD on NumPy moves the dense weights inside backward (no gradient formed); other optimizers step after it."""
+    x, y = blobs()
+    model = xpnn.mlp([6, 16, 3], backend="cpu", seed=0)
+    trainer = Trainer(model, make(model, lr=0.05), batch_size=32, workers=1)
+    losses = [trainer.run_epoch(trainer.device_data(x, y), index)["train_loss"] for index in range(5)]
+    assert losses[-1] < losses[0] / 2
+    weights = [g for name, g in model.named_gradients().items() if name.endswith(".W")]
+    assert all((g is None) == fused for g in weights)
+    assert trainer.optimizer.steps == 5 * 10
+
+
+def test_threaded_workers_step_after_the_summed_gradient():
+    pytest.importorskip("threadpoolctl")
+    x, y = blobs()
+    model = xpnn.mlp([6, 16, 3], backend="cpu", seed=0)
+    trainer = Trainer(model, xpnn.optim.SGD(model, lr=0.05), batch_size=32, workers=2)
+    trainer.run_epoch(trainer.device_data(x, y), 0)
+    assert all(g is not None for g in model.named_gradients().values())

@@ -19,6 +19,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .blas import gemm_add
+
 __all__ = ["Backend", "BackendError", "get_backend"]
 
 Seed = int | Sequence[int]
@@ -227,6 +229,22 @@ class Backend:
         ``a @ b``."""
         route = _MATMUL_ROUTE.get()
         return a @ b if route is None else route(a, b)
+
+    def matmul_add(self, c: Any, a: Any, b: Any, alpha: float) -> bool:
+        """``c += alpha · (a @ b)`` in place in one GEMM (β = 1) where the library's BLAS can be reached
+        (NumPy: :func:`xpnn.core.blas.gemm_add`); the product never exists as an array of its own.
+
+        The product is :meth:`matmul`'s; the scaled sum may round once where ``c - lr * (a @ b)`` rounds twice.
+
+        Returns
+        -------
+        bool
+            True when ``c`` was updated; False, with ``c`` untouched, elsewhere (other libraries, a step being
+            captured as a CUDA graph, layouts the GEMM cannot take): the caller then computes the product.
+        """
+        if self._library != "numpy" or _MATMUL_ROUTE.get() is not None:
+            return False
+        return gemm_add(c, a, b, alpha)
 
     def column_sums(self, a: Any) -> Any:
         """Σ over the rows of ``a`` (N, K) -> (K,), as the product ones(N) · ``a``.

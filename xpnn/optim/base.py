@@ -135,6 +135,13 @@ class Optimizer:
         self._steps += 1  # the device copy, if any, is advanced by the update itself
         self.apply()
 
+    def backward_step(self) -> None:
+        """``model.backward()`` and then :meth:`step`, in one call: what :class:`~xpnn.Trainer` runs after each
+        batch's loss in a single process. An optimizer that can apply its update while the gradients are being
+        computed overrides it (:meth:`SGD.backward_step`), with the same result up to rounding."""
+        self.model.backward()
+        self.step()
+
     def apply(self) -> None:
         """The update of :meth:`step` once ``steps`` has been counted: what a captured graph replays.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core.validation import check_bool, check_real
 from ..model.sequential import Sequential
+from ..nn.layers.base import stepping_in_backward
 from .base import Optimizer
 from .flat import FlatLayout
 
@@ -14,7 +15,11 @@ __all__ = ["OPTIMIZERS", "SGD", "Adam", "Momentum", "get_optimizer"]
 
 
 class SGD(Optimizer):
-    """Plain stochastic gradient descent: p ← p - lr·g."""
+    """Plain stochastic gradient descent: p ← p - lr·g.
+
+    Parameters as for :class:`Optimizer`. :meth:`backward_step` (what :class:`~xpnn.Trainer` and :func:`~xpnn.fit`
+    use in one process) moves dense weights inside the products that compute their gradients.
+    """
 
     def update(self, name: str, p: Any, g: Any) -> Any:
         fused = self.model.backend.fused
@@ -28,6 +33,41 @@ class SGD(Optimizer):
             fused.sgd(p, g, self.lr, inplace=True)
         else:
             p -= layout.current_lr() * g
+
+    def backward_step(self) -> None:
+        """``model.backward()`` and :meth:`step` in one pass, each weight whose gradient is a matrix product
+        (:class:`~xpnn.layers.Affine`'s ``W``: ``xᵀ · dy``) moved within that product.
+
+        On NumPy the BLAS adds ``-lr · (xᵀ · dy)`` into ``W`` block by block (:meth:`xpnn.Backend.matmul_add`), so
+        the gradient is never written out and read back. That saves a pass over every weight and, where the
+        BLAS runs on several cores, the exchange of the gradient between them (each core updates the block it
+        computed; a separate update reads it all on one core). ``W`` may then differ from ``backward(); step()``'s in the last bit
+        (the BLAS scales and adds with one rounding, not two); the other parameters get the step's arithmetic.
+        Those weights' ``grads`` are None afterwards. With weight decay, a capturable optimizer, the generic
+        path or another library, it is ``backward()`` then ``step()``.
+        """
+        be = self.model.backend
+        if self.weight_decay or self.capturable or not self._flat_path() or be.fused is not None:
+            super().backward_step()
+            return
+        self._follow_model()
+        layout = self.layout()
+        if layout is None:
+            super().backward_step()
+            return
+        lr = self.lr
+        trained = {(id(layer), key) for _, layer, key in layout.slots}
+
+        def apply(layer: Any, key: str, a: Any, b: Any) -> bool:
+            return (id(layer), key) in trained and be.matmul_add(layer.params[key], a, b, -lr)
+
+        with stepping_in_backward(apply):
+            self.model.backward()
+        self._steps += 1
+        for p, (_, layer, key) in zip(layout.views, layout.slots, strict=True):
+            g = layer.grads[key]
+            if g is not None:
+                p -= lr * g
 
     def update_views(self, layout: FlatLayout, grads: list[Any]) -> None:
         if self.weight_decay or self.model.backend.fused is not None:

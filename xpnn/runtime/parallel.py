@@ -34,7 +34,7 @@ import queue
 import threading
 import types
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..nn import metrics
@@ -327,13 +327,15 @@ class _Lane:
             lane.tasks.put(None)
 
 
-def train_step(model: Any, x: Any, targets: Any, truth: Any, first: int = 0) -> tuple[Any, Any]:
+def train_step(model: Any, x: Any, targets: Any, truth: Any, first: int = 0,
+               backward: Callable[[], None] | None = None) -> tuple[Any, Any]:
     """Forward and backward of one batch: (mean loss, correct count against ``truth`` or None); ``first`` is
-    the index of its first row in the global batch (a shard's or rank's offset), which keys dropout's masks."""
+    the index of its first row in the global batch (a shard's or rank's offset), which keys dropout's masks.
+    ``backward`` replaces ``model.backward`` (an optimizer's :meth:`~xpnn.optim.Optimizer.backward_step`)."""
     with global_rows(first):
         logits = model.predict(x, train=True)
     loss = model.loss_fn(logits, targets)
-    model.backward()
+    (model.backward if backward is None else backward)()
     return loss, metrics.count_correct(model.loss_fn, logits, truth)
 
 

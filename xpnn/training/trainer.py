@@ -287,10 +287,14 @@ class Trainer:
                     bar.update()
                     continue
                 truth = part.targets if part.labels is None else part.labels
-                step = self.parallel.step if self.parallel is not None else partial(train_step, model)
-                loss, hit = step(part.x, part.targets, truth, first)
-                comm.allreduce_gradients(model, hi - lo, stop - start)
-                self.optimizer.step()
+                if self.parallel is None and comm.size == 1:  # the gradients are final as computed: the
+                    # optimizer may step inside backward (SGD moves dense weights within their products)
+                    loss, hit = train_step(model, part.x, part.targets, truth, first, self.optimizer.backward_step)
+                else:
+                    step = self.parallel.step if self.parallel is not None else partial(train_step, model)
+                    loss, hit = step(part.x, part.targets, truth, first)
+                    comm.allreduce_gradients(model, hi - lo, stop - start)
+                    self.optimizer.step()
                 # Kept as 0-d device arrays and added up once, after the epoch: no read-back, fewer launches.
                 losses.append(loss)
                 sizes.append(hi - lo)

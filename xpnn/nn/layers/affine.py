@@ -70,12 +70,13 @@ class Affine(Layer):
         return y
 
     def backward(self, dy: Any) -> Any:
-        self.backward_params(dy)
-        return self.backend.matmul(dy, self.params["W"].T)  # .T: the array API's transpose of a 2-d array
+        dx = self.backend.matmul(dy, self.params["W"].T)  # .T: the array API's transpose of a 2-d array
+        self.backward_params(dy)  # after dx: an optimizer stepping inside backward may move W here
+        return dx
 
     def backward_params(self, dy: Any) -> None:
         x, self.x = self.x, None  # release the input: backward runs once per forward
-        self.grads["W"] = self.backend.matmul(x.T, dy)
+        self.set_grad_product("W", x.T, dy)
         if self.bias:
             self.grads["b"] = self.backend.column_sums(dy)
 

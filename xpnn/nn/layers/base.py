@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,7 +16,23 @@ from ...core.backend import Backend, Seed, get_backend
 from ...core.memory import physical_memory
 from ...core.validation import check_bool
 
-__all__ = ["Layer", "LayerTooLargeError"]
+__all__ = ["Layer", "LayerTooLargeError", "stepping_in_backward"]
+
+#: While an optimizer takes its step inside backward: ``apply(layer, key, a, b) -> bool``, which moves
+#: ``layer.params[key]`` by the gradient ``a @ b`` without forming it, or returns False to leave it to the step.
+_PRODUCT_STEP: contextvars.ContextVar[Callable[..., bool] | None] = contextvars.ContextVar(
+    "xpnn_product_step", default=None)
+
+
+@contextlib.contextmanager
+def stepping_in_backward(apply: Callable[[Layer, str, Any, Any], bool]) -> Iterator[None]:
+    """Within this block, :meth:`Layer.set_grad_product` offers each product gradient to ``apply`` first
+    (see :meth:`xpnn.optim.SGD.backward_step`)."""
+    token = _PRODUCT_STEP.set(apply)
+    try:
+        yield
+    finally:
+        _PRODUCT_STEP.reset(token)
 
 
 class LayerTooLargeError(MemoryError):
@@ -44,6 +62,9 @@ class Layer:
       needs. ``train`` tells training from evaluation (dropout, batch statistics).
     - ``backward(dy) -> dx`` assigns every ``self.grads[key]`` (the same shape as ``params[key]``) and
       returns dL/dx shaped like ``x``; it must not modify ``dy`` in place.
+      A gradient that is one matrix product (a weight's ``xᵀ · dy``) may be set with
+      ``self.set_grad_product(key, a, b)`` instead, after the last use of ``params[key]`` in ``backward``:
+      an optimizer that steps inside backward then moves the weight within the product.
     - ``config() -> dict`` returns the constructor arguments as JSON values. A layer whose ``__init__``
       takes arguments must override it, or saving the model raises (it could not be rebuilt).
     - Optional: ``output_shape(input_shape)`` (per-sample shapes, for :meth:`Sequential.summary`; the
@@ -164,6 +185,19 @@ class Layer:
     def backward_params(self, dy: Any) -> None:
         """Fill ``grads`` without returning ``dx``; a first layer need not pay for its input gradient."""
         self.backward(dy)
+
+    def set_grad_product(self, key: str, a: Any, b: Any) -> None:
+        """Set ``grads[key]`` to the matrix product ``a @ b`` (2-d arrays), the gradient of ``params[key]``.
+
+        While an optimizer takes its step inside backward (:meth:`xpnn.optim.SGD.backward_step`), the step may
+        instead be applied to ``params[key]`` within the product itself; ``grads[key]`` is then None. So call
+        it after ``backward`` has read ``params[key]`` for the last time.
+        """
+        apply = _PRODUCT_STEP.get()
+        if apply is not None and apply(self, key, a, b):
+            self.grads[key] = None
+        else:
+            self.grads[key] = self.backend.matmul(a, b)
 
     def __call__(self, x: Any, *, train: bool = False) -> Any:
         return self.forward(x, train=train)
