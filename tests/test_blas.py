@@ -83,12 +83,18 @@ def test_refuses_what_the_gemm_cannot_take_and_leaves_the_target_alone(rng, case
     np.testing.assert_array_equal(np.asarray(c), before)
 
 
-def test_backend_matmul_add_is_numpy_only(rng):
-    c, a, b = operands(rng)
+def test_backend_matmul_add_is_numpy_only_and_for_large_enough_targets(rng):
+    c, a, b = operands(rng, m=128, k=64, n=128)
+    expected = c + a @ b
     assert xpnn.get_backend("cpu").matmul_add(c, a, b, 1.0)
+    np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-4)
+    small, a, b = operands(rng, m=127, k=64, n=128)  # one row short of MATMUL_ADD_MIN elements
+    before = small.copy()
+    assert xpnn.get_backend("cpu").matmul_add(small, a, b, 1.0) is False
+    np.testing.assert_array_equal(small, before)
     strict = make_backend("strict")
     xp = strict.xp
-    sc, sa, sb = (xp.asarray(v) for v in operands(rng))
+    sc, sa, sb = (xp.asarray(v) for v in operands(rng, m=128, k=64, n=128))
     before = np.asarray(sc).copy()
     assert strict.matmul_add(sc, sa, sb, 1.0) is False
     np.testing.assert_array_equal(np.asarray(sc), before)

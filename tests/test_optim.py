@@ -129,14 +129,17 @@ def test_fused_gpu_updates_equal_the_generic_formulas_bit_for_bit(make, dtype, m
 
 
 # ---------------------------------------------------------------- SGD stepping inside backward
+SIZES = [160, 128, 128, 6]  # two weights large enough to fuse (Backend.matmul_add), one too small
+
+
 def sgd_runs(backend, steps=4, prepare=None, **options):
     """The same MLP trained by backward_step() and by backward() + step(): the two models and optimizers."""
     rng = np.random.default_rng(1)
-    x = backend.asarray(rng.standard_normal((96, 40)))
+    x = backend.asarray(rng.standard_normal((96, 160)))
     y = backend.asarray(rng.integers(0, 6, 96))
     runs = []
     for fused in (True, False):
-        model = xpnn.mlp([40, 48, 32, 6], backend=backend, seed=0)
+        model = xpnn.mlp(SIZES, backend=backend, seed=0)
         if prepare is not None:
             prepare(model)
         opt = SGD(model, lr=0.05, **options)
@@ -158,11 +161,11 @@ def test_sgd_backward_step_matches_backward_then_step_to_rounding():
     for name, value in fused.named_parameters().items():
         reference = plain.named_parameters()[name]
         np.testing.assert_allclose(value, reference, rtol=1e-5, atol=1e-6, err_msg=name)
-    # the dense weights moved inside their products: no gradient formed; the biases kept theirs
+    # the large dense weights moved inside their products: no gradient formed; the rest kept theirs
     gradients = fused.named_gradients()
-    assert [name for name, g in gradients.items() if g is None] == ["0.W", "2.W", "4.W"]
-    for name in ("0.b", "2.b", "4.b"):
-        np.testing.assert_array_equal(gradients[name], plain.named_gradients()[name])
+    assert [name for name, g in gradients.items() if g is None] == ["0.W", "2.W"]
+    for name in ("0.b", "2.b", "4.W", "4.b"):  # of weights that differ by rounding
+        np.testing.assert_allclose(gradients[name], plain.named_gradients()[name], rtol=1e-4, atol=1e-7)
 
 
 def test_sgd_backward_step_moves_weights_by_the_gradient_in_float64():
@@ -174,13 +177,13 @@ def test_sgd_backward_step_moves_weights_by_the_gradient_in_float64():
 
 def test_sgd_backward_step_leaves_frozen_and_untrained_weights_alone():
     backend = xpnn.get_backend("cpu")
-    start = xpnn.mlp([40, 48, 32, 6], backend=backend, seed=0).state_dict()
+    start = xpnn.mlp(SIZES, backend=backend, seed=0).state_dict()
 
     def freeze_first(model):
         model.freeze(0)
 
-    (fused, _), (plain, _) = sgd_runs(backend, prepare=freeze_first, params=["2.W", "2.b"])
-    for name in ("0.W", "0.b", "4.W", "4.b"):
+    (fused, _), (plain, _) = sgd_runs(backend, prepare=freeze_first, params=["2.W", "2.b", "4.b"])
+    for name in ("0.W", "0.b", "4.W"):
         np.testing.assert_array_equal(fused.named_parameters()[name], start[name])
     assert fused.named_gradients()["4.W"] is not None  # computed as usual, left to the step (which skips it)
     assert fused.named_gradients()["2.W"] is None

@@ -38,13 +38,14 @@ class SGD(Optimizer):
         """``model.backward()`` and :meth:`step` in one pass, each weight whose gradient is a matrix product
         (:class:`~xpnn.layers.Affine`'s ``W``: ``xᵀ · dy``) moved within that product.
 
-        On NumPy the BLAS adds ``-lr · (xᵀ · dy)`` into ``W`` block by block (:meth:`xpnn.Backend.matmul_add`), so
-        the gradient is never written out and read back. That saves a pass over every weight and, where the
-        BLAS runs on several cores, the exchange of the gradient between them (each core updates the block it
-        computed; a separate update reads it all on one core). ``W`` may then differ from ``backward(); step()``'s in the last bit
-        (the BLAS scales and adds with one rounding, not two); the other parameters get the step's arithmetic.
-        Those weights' ``grads`` are None afterwards. With weight decay, a capturable optimizer, the generic
-        path or another library, it is ``backward()`` then ``step()``.
+        On NumPy the BLAS adds ``-lr · (xᵀ · dy)`` into ``W`` block by block (:meth:`xpnn.Backend.matmul_add`,
+        for weights of 16,384 elements or more), so the gradient is never written out and read back. That saves
+        a pass over the weights and, where the BLAS runs on several cores, the gradient's trip between them
+        (each core adds in the block it computed; a separate update reads them all on one core). Such a ``W``
+        may differ from ``backward(); step()``'s in the last bit (the BLAS scales and adds with one rounding,
+        not two), and its ``grads`` entry is None afterwards; the other parameters get the step's arithmetic.
+        With weight decay, a capturable optimizer, the generic path or another library, it is ``backward()``
+        then ``step()``.
         """
         be = self.model.backend
         if self.weight_decay or self.capturable or not self._flat_path() or be.fused is not None:
