@@ -11,7 +11,9 @@ for its mask, the loss from one-hot targets, ``p -= lr * g`` leaving the gradien
 shape where it is not installed) in turn, their order reversed every other round, each round after a probe
 of the machine (bench/cli_epoch.py's: "near" when the two cores trade data quickly, "far" when slowly). The
 medians are printed per state: the gap between "lean" and "lean, xpnn's arithmetic" is what the arithmetic
-costs, the rest of the gap to "xpnn" is the layers, the loss, the optimizer and the loop in Python.
+costs, the rest of the gap to "xpnn" is the layers, the loss, the optimizer and the loop in Python. xpnn's
+SGD moves its two large weights inside their gradient products (``SGD.backward_step``), which plain NumPy
+cannot: where the two cores trade data slowly, that puts xpnn below the "lean" loop.
 """
 
 from __future__ import annotations

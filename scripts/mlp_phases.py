@@ -4,8 +4,9 @@
 
 Trains 784-256-128-10 with SGD on Fashion-MNIST (random data of the same shape where it is not installed)
 with one worker and BLAS held to one thread, so that thread time counts all of a step's work; times the
-forward pass, the loss, the backward pass, the optimizer's update, the batch gather and the accuracy count,
-and prints each one's median over the epochs after an untimed first one. Freed memory stays in the process
+forward pass, the loss, the backward pass (in which SGD moves the large weights, see
+``SGD.backward_step``), the backward pass with the rest of the update, the batch gather and the accuracy
+count, and prints each one's median over the epochs after an untimed first one. Freed memory stays in the process
 (``retain_freed_memory``), as on the command line. ``--wall`` times the same phases by the clock with BLAS
 on its default threads instead, as the command line trains: a phase that waits for the other core, or
 reads what the other core wrote, then shows it.
@@ -66,7 +67,7 @@ def main() -> None:
     model.predict = timed("forward", model.predict)
     model.backward = timed("backward", model.backward)
     model.loss_fn.forward = timed("loss", model.loss_fn.forward)
-    optimizer.step = timed("optimizer update", optimizer.step)
+    optimizer.backward_step = timed("backward + update", optimizer.backward_step)
     parallel.metrics.count_correct = timed("accuracy count", parallel.metrics.count_correct)
     DeviceData.take = timed("batch gather", DeviceData.take)
     steps = -(-x.shape[0] // 128)
