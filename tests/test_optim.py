@@ -222,3 +222,46 @@ def test_set_grad_product_outside_a_step_is_the_product(rng):
     a, b = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((7, 3)).astype(np.float32)
     layer.set_grad_product("W", a, b)
     np.testing.assert_array_equal(layer.grads["W"], a @ b)
+
+
+def test_step_after_backward_step_says_the_gradient_was_applied():
+    backend = xpnn.get_backend("cpu")
+    (model, opt), _ = sgd_runs(backend, steps=1)
+    before = {k: np.array(v, copy=True) for k, v in model.named_parameters().items()}
+    with pytest.raises(RuntimeError, match=r"no gradient for 0\.W, 2\.W: backward_step\(\) already applied it"):
+        opt.step()
+    assert opt.steps == 1
+    for name, value in model.named_parameters().items():
+        np.testing.assert_array_equal(value, before[name])
+    generic = SGD(model, lr=0.05, inplace=False)
+    with pytest.raises(RuntimeError, match="already applied it"):
+        generic.step()
+
+
+def test_an_sgd_subclass_that_changes_the_step_is_not_bypassed():
+    class SignSGD(SGD):
+        def update_views(self, layout, grads):
+            for p, g in zip(layout.views, grads, strict=True):
+                p -= self.lr * self.model.backend.xp.sign(g)
+
+    backend = xpnn.get_backend("cpu")
+    rng = np.random.default_rng(1)
+    x, y = backend.asarray(rng.standard_normal((96, 160))), backend.asarray(rng.integers(0, 6, 96))
+    model = xpnn.mlp(SIZES, backend=backend, seed=0)
+    start = {k: np.array(v, copy=True) for k, v in model.named_parameters().items()}
+    opt = SignSGD(model, lr=0.05)
+    model.loss(x, y)
+    opt.backward_step()
+    moved = np.abs(model.named_parameters()["0.W"] - start["0.W"])
+    np.testing.assert_allclose(moved[moved > 0], 0.05, rtol=1e-5)  # sign steps, not gradient steps
+    assert model.named_gradients()["0.W"] is not None
+
+
+def test_a_model_moves_to_another_backend_after_fused_steps():
+    (model, opt), _ = sgd_runs(xpnn.get_backend("cpu"), steps=2)
+    model.to(xpnn.get_backend("cpu", "float64"))
+    assert all(value.dtype == np.float64 for value in model.named_parameters().values())
+    rng = np.random.default_rng(1)
+    model.loss(model.backend.asarray(rng.standard_normal((96, 160))), model.backend.asarray(rng.integers(0, 6, 96)))
+    opt.backward_step()  # the optimizer follows the model
+    assert opt.steps == 3

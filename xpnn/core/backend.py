@@ -238,7 +238,7 @@ class Backend:
         """``c += alpha · (a @ b)`` in place in one GEMM (β = 1) where the library's BLAS can be reached
         (NumPy: :func:`xpnn.core.blas.gemm_add`); the product never exists as an array of its own.
 
-        The product is :meth:`matmul`'s; the scaled sum may round once where ``c - lr * (a @ b)`` rounds twice.
+        The result agrees with ``c + alpha * (a @ b)`` to float rounding, not bit for bit (see ``gemm_add``).
 
         Returns
         -------

@@ -97,9 +97,11 @@ def _call(function: Any, c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: flo
 def gemm_add(c: Any, a: Any, b: Any, alpha: float) -> bool:
     """``c += alpha · (a @ b)`` in place, in one GEMM of NumPy's BLAS, if it can be done.
 
-    The product is the one ``a @ b`` computes (the same BLAS, the same blocking); adding it into ``c`` may
-    round once where ``c - lr * (a @ b)`` rounds twice (the BLAS scales and adds with a fused multiply-add
-    on most CPUs), so the result can differ from NumPy's expression in the last bit.
+    The BLAS adds the scaled product into ``c`` one panel of K at a time (a few hundred, depending on the
+    CPU), each panel's partial sum scaled and added with a fused multiply-add on most CPUs, where
+    ``c + alpha * (a @ b)`` rounds the whole product, its scaled value and the sum. The two agree to float
+    rounding: within a unit in the last place while K fits one panel (a batch of 128 rows), further apart
+    for a larger K (a full batch), with about the same error against exact arithmetic.
 
     Parameters
     ----------

@@ -367,7 +367,8 @@ class Sequential:
         return {name: layer.params[key] for name, layer, key in self.parameter_slots(trainable_only)}
 
     def named_gradients(self) -> dict[str, Any]:
-        """Gradients from the last :meth:`backward`, keyed like :meth:`named_parameters`."""
+        """Gradients from the last :meth:`backward`, keyed like :meth:`named_parameters`; None for a weight that
+        an optimizer moved inside backward (:meth:`xpnn.optim.SGD.backward_step`)."""
         return {name: layer.grads[key] for name, layer, key in self.parameter_slots()}
 
     def freeze(self, *which: int | slice | Layer) -> Sequential:

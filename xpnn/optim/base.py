@@ -130,10 +130,21 @@ class Optimizer:
                 yield name, layer, key
 
     def step(self) -> None:
-        """Update every trained parameter from its gradient (frozen parameters are left bit-identical)."""
+        """Update every trained parameter from its gradient (frozen parameters are left bit-identical).
+
+        Raises
+        ------
+        RuntimeError
+            When a trained parameter has no gradient: :meth:`SGD.backward_step` already applied it (call
+            ``model.backward()`` again first). Nothing is updated and ``steps`` is not counted.
+        """
         self._follow_model()
         self._steps += 1  # the device copy, if any, is advanced by the update itself
-        self.apply()
+        try:
+            self.apply()
+        except _GradientAppliedError:
+            self._steps -= 1
+            raise
 
     def backward_step(self) -> None:
         """``model.backward()`` and then :meth:`step`, in one call: what :class:`~xpnn.Trainer` runs after each
@@ -152,13 +163,18 @@ class Optimizer:
             layout = self.layout()
             if layout is not None:
                 grads = [layer.grads[key] for _, layer, key in layout.slots]
+                if any(g is None for g in grads):
+                    _GradientAppliedError.raise_for(name for name, layer, key in layout.slots
+                                                    if layer.grads[key] is None)
                 layout.count_step()
                 if self.model.backend.launch_bound:  # one launch per operation for all parameters
                     self.update_flat(layout, layout.params, layout.flatten(grads), layout.state)
                 else:  # the same operations per view: no copy of the gradients into one buffer
                     self.update_views(layout, grads)
                 return
-        for name, layer, key in self.trained_slots():
+        slots = list(self.trained_slots())
+        _GradientAppliedError.raise_for(name for name, layer, key in slots if layer.grads.get(key, 0) is None)
+        for name, layer, key in slots:
             p, g = layer.params[key], layer.grads[key]
             if self.weight_decay and not self.decoupled:
                 g = g + self.weight_decay * p
@@ -295,3 +311,14 @@ def _read_steps(value: Any, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise FormatError(f"{source}: 'steps' must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+class _GradientAppliedError(RuntimeError):
+    """A step asked for a gradient that an optimizer already applied inside backward (it is None)."""
+
+    @classmethod
+    def raise_for(cls, names: Iterable[str]) -> None:
+        names = list(names)
+        if names:
+            raise cls(f"no gradient for {', '.join(names)}: backward_step() already applied it to the weights; "
+                      "call model.loss(...) and model.backward() again before step()")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,13 +43,15 @@ class SGD(Optimizer):
         for weights of 16,384 elements or more), so the gradient is never written out and read back. That saves
         a pass over the weights and, where the BLAS runs on several cores, the gradient's trip between them
         (each core adds in the block it computed; a separate update reads them all on one core). Such a ``W``
-        may differ from ``backward(); step()``'s in the last bit (the BLAS scales and adds with one rounding,
-        not two), and its ``grads`` entry is None afterwards; the other parameters get the step's arithmetic.
-        With weight decay, a capturable optimizer, the generic path or another library, it is ``backward()``
-        then ``step()``.
+        agrees with ``backward(); step()``'s to float rounding (at batch 128 within the last bit; see
+        :func:`xpnn.core.blas.gemm_add`), and its ``grads`` entry is None afterwards; the other parameters get
+        the step's arithmetic. With weight decay, a capturable optimizer, the generic path, another library,
+        or a subclass that overrides how a step is taken (``step``, ``apply``, ``update``, ``update_flat``,
+        ``update_inplace``, ``update_views``), it is ``backward()`` then ``step()``.
         """
         be = self.model.backend
-        if self.weight_decay or self.capturable or not self._flat_path() or be.fused is not None:
+        if (self.weight_decay or self.capturable or not self._flat_path() or be.fused is not None
+                or _overrides_step(type(self))):
             super().backward_step()
             return
         self._follow_model()
@@ -77,6 +80,13 @@ class SGD(Optimizer):
         lr = layout.current_lr()  # what update_inplace reads per view, read once: the same arithmetic
         for p, g in zip(layout.views, grads, strict=True):
             p -= lr * g
+
+
+@functools.cache
+def _overrides_step(cls: type) -> bool:
+    """Whether an SGD subclass changes how a step is taken, which the fused update would bypass."""
+    return any(getattr(cls, name) is not getattr(SGD, name)
+               for name in ("step", "apply", "update", "update_flat", "update_inplace", "update_views"))
 
 
 class Momentum(Optimizer):

@@ -64,7 +64,8 @@ class Layer:
       returns dL/dx shaped like ``x``; it must not modify ``dy`` in place.
       A gradient that is one matrix product (a weight's ``xᵀ · dy``) may be set with
       ``self.set_grad_product(key, a, b)`` instead, after the last use of ``params[key]`` in ``backward``:
-      an optimizer that steps inside backward then moves the weight within the product.
+      an optimizer that steps inside backward then moves the weight within the product, and leaves
+      ``grads[key]`` None.
     - ``config() -> dict`` returns the constructor arguments as JSON values. A layer whose ``__init__``
       takes arguments must override it, or saving the model raises (it could not be rebuilt).
     - Optional: ``output_shape(input_shape)`` (per-sample shapes, for :meth:`Sequential.summary`; the
@@ -160,7 +161,8 @@ class Layer:
         backend = get_backend(backend)
         for store in (self.params, self.grads, self.buffers):
             for key, value in store.items():
-                store[key] = backend.asarray(value)
+                if value is not None:  # a gradient an optimizer applied inside backward is None
+                    store[key] = backend.asarray(value)
         self.backend, self.xp = backend, backend.xp
         stream = getattr(self, "random", None)
         if stream is not None and hasattr(stream, "seed"):
