@@ -47,7 +47,8 @@ class SGD(Optimizer):
         :func:`xpnn.core.blas.gemm_add`), and its ``grads`` entry is None afterwards; the other parameters get
         the step's arithmetic. With weight decay, a capturable optimizer, the generic path, another library,
         or a subclass that overrides how a step is taken (``step``, ``apply``, ``update``, ``update_flat``,
-        ``update_inplace``, ``update_views``), it is ``backward()`` then ``step()``.
+        ``update_inplace``, ``update_views``), it is ``backward()`` then ``step()``. Should backward raise
+        part-way, the weights it has reached have moved and the step is not counted.
         """
         be = self.model.backend
         if (self.weight_decay or self.capturable or not self._flat_path() or be.fused is not None
