@@ -75,10 +75,12 @@ def interrupt_at(monkeypatch, stop_epoch):
     return original
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(dataset, tmp_path, monkeypatch, optimizer):
+@pytest.mark.parametrize(("optimizer", "extra"), [("sgd", []), ("sgd", ["--hidden", "256"]), ("momentum", []),
+                                                  ("adam", [])], ids=["sgd", "sgd-fused", "momentum", "adam"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(dataset, tmp_path, monkeypatch, optimizer, extra):
+    """sgd-fused: a first weight of 64x256 (8x8 images), large enough that SGD moves it inside its gradient product."""
     lr = "0.01" if optimizer == "adam" else "0.05"
-    common = ["--optimizer", optimizer, "--dropout", "0.3", "--epochs", "4", "--lr", lr]
+    common = ["--optimizer", optimizer, "--dropout", "0.3", "--epochs", "4", "--lr", lr, *extra]
     straight, resumed = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl"
     assert run(dataset, *common, "--metrics", str(straight), "--save", str(tmp_path / "a.npz")) == 0
     original = interrupt_at(monkeypatch, 2)
