@@ -17,6 +17,7 @@ CASES = [
     ("gemm_add_sizes.py", ["--batch", "0"], "argument --batch: must be a whole number >= 1"),
     ("gemm_add_sizes.py", ["--repeats", "many"], "argument --repeats: must be a whole number >= 1"),
     ("mlp_phases.py", ["--epochs", "0"], "argument --epochs: must be a whole number >= 1"),
+    ("mlp_phases.py", ["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     ("blas_threads.py", ["--epochs", "1e3"], "argument --epochs: must be a whole number >= 1"),
     ("fast_path_ab.py", ["first_max_scatter", "--batches", "0"], "argument --batches: must be a whole number >= 1"),
     ("machine_states.py", ["--minutes", "0"], "--minutes must be a finite number above 0"),
