@@ -69,10 +69,7 @@ class SGD(Optimizer):
         with stepping_in_backward(apply):
             self.model.backward()
         self._steps += 1
-        for p, (_, layer, key) in zip(layout.views, layout.slots, strict=True):
-            g = layer.grads[key]
-            if g is not None:
-                p -= lr * g
+        self.update_views(layout, [layer.grads[key] for _, layer, key in layout.slots])  # the rest
 
     def update_views(self, layout: FlatLayout, grads: list[Any]) -> None:
         if self.weight_decay or self.model.backend.fused is not None:
@@ -80,7 +77,8 @@ class SGD(Optimizer):
             return
         lr = layout.current_lr()  # what update_inplace reads per view, read once: the same arithmetic
         for p, g in zip(layout.views, grads, strict=True):
-            p -= lr * g
+            if g is not None:  # None: already applied inside backward (backward_step)
+                p -= lr * g
 
 
 @functools.cache
